@@ -1,0 +1,1 @@
+"""FQ-ViT post-training quantization and the integer-only reference."""

@@ -1,0 +1,1 @@
+"""Amaranth hardware units of the accelerator."""

