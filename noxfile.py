@@ -21,14 +21,14 @@ def install(session):
 def tests(session):
     """Unit tests, Amaranth-simulator tests and reference checks (no Verilator)."""
     install(session)
-    session.run("pytest", "-m", "not sim", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "not sim", *session.posargs)
 
 
 @nox.session(**VENV)
 def sim(session):
     """cocotb testbenches in Verilator; unchanged RTL reuses its cached build under build/sim."""
     install(session)
-    session.run("pytest", "-m", "sim", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "sim", *session.posargs)
 
 
 @nox.session(**VENV)

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ToolchainError", "Build", "build", "run_tests", "build_root", "VERILATOR_FLAGS"]
+__all__ = ["ToolchainError", "Build", "build", "run_tests", "lint", "build_root", "VERILATOR_FLAGS"]
 
 # Amaranth's Yosys output trips lint warnings that do not matter for simulation; keep them out of
 # the logs but let real errors stop the build.
@@ -72,6 +73,14 @@ def _setup_environment() -> str:
     return version("verilator")
 
 
+def lint(verilog_file: Path) -> None:
+    """`verilator --lint-only` with its default warnings; raise ToolchainError with its report."""
+    _setup_environment()
+    proc = subprocess.run(["verilator", "--lint-only", str(verilog_file)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolchainError(f"verilator --lint-only {verilog_file} failed:\n{proc.stdout}{proc.stderr}")
+
+
 @dataclass(frozen=True)
 class Build:
     """A compiled Verilator model of one top-level module."""
@@ -118,8 +127,12 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
 
 
 def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | None = None,
-              seed: int | None = None, testcase: str | None = None, test_dir: Path | None = None) -> Path:
-    """Run the cocotb tests of `test_module` on a compiled model; raise if any test failed."""
+              seed: int | None = None, testcase: str | None = None, test_dir: Path | None = None,
+              log_file: Path | None = None) -> Path:
+    """Run the cocotb tests of `test_module` on a compiled model; raise if any test failed.
+
+    The simulator's output goes to `log_file` if given, else to stdout.
+    """
     _setup_environment()
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -130,11 +143,12 @@ def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | Non
     results = runner.test(
         test_module=test_module, hdl_toplevel=compiled.toplevel, hdl_toplevel_lang="verilog",
         build_dir=compiled.directory, test_dir=test_dir, extra_env=extra_env or {}, seed=seed,
-        testcase=testcase, timescale=("1ns", "1ps"),
+        testcase=testcase, timescale=("1ns", "1ps"), log_file=log_file,
     )
     tests, failed = get_results(results)
     if tests == 0:
         raise RuntimeError(f"{test_module}: no cocotb test ran (results in {results})")
     if failed:
-        raise RuntimeError(f"{test_module}: {failed} of {tests} cocotb tests failed (results in {results})")
+        where = f"; log in {log_file}" if log_file else ""
+        raise RuntimeError(f"{test_module}: {failed} of {tests} cocotb tests failed (results in {results}{where})")
     return results

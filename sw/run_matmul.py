@@ -53,17 +53,18 @@ def main(argv=None) -> int:
         with console.status(f"Generating and building {config.name} with Verilator (cached after the first run)"):
             generated = generate_systolic(config)
             compiled = toolchain.build(generated.verilog, generated.name)
+        log = compiled.directory / "run_matmul.log"
         with tempfile.TemporaryDirectory() as tmp, console.status(
                 f"Simulating {m}x{k} @ {k}x{n} on the {config.rows}x{config.cols} array"):
             started = time.perf_counter()
             report_path = Path(tmp) / "report.json"
             job = {"m": m, "k": k, "n": n, "seed": args.seed, "report": str(report_path)}
-            toolchain.run_tests(compiled, "sim.tb.systolic", testcase="matmul_job", test_dir=Path(tmp),
+            toolchain.run_tests(compiled, "sim.tb.systolic", testcase="matmul_job", test_dir=Path(tmp), log_file=log,
                                 extra_env={"SYSTOLIC_CONFIG": json.dumps(config.to_dict()),
                                            "MATMUL_JOB": json.dumps(job)})
             report = json.loads(report_path.read_text())
             report["wall_s"] = time.perf_counter() - started
-    except (toolchain.ToolchainError, ValueError) as err:
+    except (toolchain.ToolchainError, ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
 
