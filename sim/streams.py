@@ -29,16 +29,27 @@ class ClockCounter:
         return int(get_sim_time(unit="ns") // self.period_ns)
 
 
-class StreamSource:
-    """Offers payload words on a stream, honouring ``ready``; `accepted_at` logs each handshake."""
+class _Endpoint:
+    """The handles of one stream port and the random idle pattern of the side we play."""
 
-    def __init__(self, dut, name, clock: ClockCounter, idle=0.0, rng=None):
+    def __init__(self, dut, name, clock: ClockCounter, idle, rng):
         self.valid = getattr(dut, f"{name}__valid")
         self.ready = getattr(dut, f"{name}__ready")
         self.payload = getattr(dut, f"{name}__payload")
         self.clock = clock
         self.idle = idle
-        self.rng = rng or random.Random(0)
+        self.rng = rng
+
+    def _active(self) -> bool:
+        """Whether to take part in a handshake this cycle (False with probability `idle`)."""
+        return not (self.idle and self.rng.random() < self.idle)
+
+
+class StreamSource(_Endpoint):
+    """Offers payload words on a stream, honouring ``ready``; `accepted_at` logs each handshake."""
+
+    def __init__(self, dut, name, clock: ClockCounter, idle=0.0, rng=None):
+        super().__init__(dut, name, clock, idle, rng or random.Random(0))
         self.accepted_at = []
         self.valid.value = 0
 
@@ -47,7 +58,7 @@ class StreamSource:
         i, n = 0, len(words)
         offered = None
         while i < n:
-            offering = not (self.idle and self.rng.random() < self.idle)
+            offering = self._active()
             self.valid.value = int(offering)
             if offering and offered != i:
                 self.payload.value = words[i]
@@ -59,16 +70,11 @@ class StreamSource:
         self.valid.value = 0
 
 
-class StreamSink:
+class StreamSink(_Endpoint):
     """Takes payload words from a stream, with random back-pressure; `received_at` logs each handshake."""
 
     def __init__(self, dut, name, clock: ClockCounter, idle=0.0, rng=None):
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.clock = clock
-        self.idle = idle
-        self.rng = rng or random.Random(1)
+        super().__init__(dut, name, clock, idle, rng or random.Random(1))
         self.words = []
         self.received_at = []
         self.ready.value = 0
@@ -76,7 +82,7 @@ class StreamSink:
     async def receive(self, count):
         edge = RisingEdge(self.clock.clk)
         while len(self.words) < count:
-            taking = not (self.idle and self.rng.random() < self.idle)
+            taking = self._active()
             self.ready.value = int(taking)
             await edge
             if taking and self.valid.value:
