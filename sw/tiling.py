@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from calib.intref.gemm import INT8, UINT8, CodeSpec, check_codes, check_no_overflow
+from calib.intref.gemm import INT8, UINT8, CodeSpec, check_operands
 
 __all__ = ["Tile", "tile_grid", "operand_beats", "assemble"]
 
@@ -41,14 +41,10 @@ def operand_beats(
 
     Lanes past a ragged edge are sent as zeros; the array ignores them.
     """
-    check_codes("A", a, a_spec, za)
-    check_codes("B", b, b_spec, zb)
+    check_operands(a, b, za, zb, a_spec, b_spec)
     m, k = a.shape
-    if b.shape[0] != k:
-        raise ValueError(f"inner dimensions differ: A is {tuple(a.shape)}, B is {tuple(b.shape)}")
     if k == 0 or m == 0 or b.shape[1] == 0:
         raise ValueError(f"empty matmul: A is {tuple(a.shape)}, B is {tuple(b.shape)}")
-    check_no_overflow(k, a_spec, za, b_spec, zb)
     n = b.shape[1]
     tiles = tile_grid(m, n, rows, cols)
     # Pad to whole tiles once, then cut every tile out of the padded views.

@@ -7,7 +7,7 @@ up front rather than wrapped, so hardware and reference can never disagree silen
 
 import torch
 
-__all__ = ["CodeSpec", "UINT8", "INT8", "matmul_codes", "check_codes", "check_no_overflow"]
+__all__ = ["CodeSpec", "UINT8", "INT8", "matmul_codes", "check_operands", "check_codes", "check_no_overflow"]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -53,15 +53,20 @@ def check_no_overflow(k: int, a_spec: CodeSpec, za: int, b_spec: CodeSpec, zb: i
         )
 
 
-def matmul_codes(
-    a: torch.Tensor, b: torch.Tensor, za: int = 0, zb: int = 0,
-    a_spec: CodeSpec = UINT8, b_spec: CodeSpec = INT8,
-) -> torch.Tensor:
-    """Exact ``(a - za) @ (b - zb)`` for code matrices a (M x K) and b (K x N), as int32."""
+def check_operands(a: torch.Tensor, b: torch.Tensor, za: int, zb: int, a_spec: CodeSpec, b_spec: CodeSpec) -> None:
+    """Everything a GEMM on codes requires of its inputs; ValueError naming the first violation."""
     check_codes("A", a, a_spec, za)
     check_codes("B", b, b_spec, zb)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions differ: A is {tuple(a.shape)}, B is {tuple(b.shape)}")
     check_no_overflow(a.shape[1], a_spec, za, b_spec, zb)
+
+
+def matmul_codes(
+    a: torch.Tensor, b: torch.Tensor, za: int = 0, zb: int = 0,
+    a_spec: CodeSpec = UINT8, b_spec: CodeSpec = INT8,
+) -> torch.Tensor:
+    """Exact ``(a - za) @ (b - zb)`` for code matrices a (M x K) and b (K x N), as int32."""
+    check_operands(a, b, za, zb, a_spec, b_spec)
     out = (a.to(torch.int64) - za) @ (b.to(torch.int64) - zb)
     return out.to(torch.int32)
