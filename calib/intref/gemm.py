@@ -32,8 +32,8 @@ def check_codes(name: str, codes: torch.Tensor, spec: CodeSpec, zero: int) -> No
     """Raise ValueError naming what is wrong if `codes`/`zero` are not valid `spec` codes."""
     if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor of {spec} codes, got dtype {codes.dtype}")
-    if codes.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(codes.shape)}")
+    if codes.dim() < 2:
+        raise ValueError(f"{name} must be a matrix (or a batch of matrices), got shape {tuple(codes.shape)}")
     if codes.numel() and (int(codes.min()) < spec.lo or int(codes.max()) > spec.hi):
         raise ValueError(
             f"{name} holds values in [{int(codes.min())}, {int(codes.max())}], outside the "
@@ -57,16 +57,18 @@ def check_operands(a: torch.Tensor, b: torch.Tensor, za: int, zb: int, a_spec: C
     """Everything a GEMM on codes requires of its inputs; ValueError naming the first violation."""
     check_codes("A", a, a_spec, za)
     check_codes("B", b, b_spec, zb)
-    if a.shape[1] != b.shape[0]:
+    if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"inner dimensions differ: A is {tuple(a.shape)}, B is {tuple(b.shape)}")
-    check_no_overflow(a.shape[1], a_spec, za, b_spec, zb)
+    check_no_overflow(a.shape[-1], a_spec, za, b_spec, zb)
 
 
 def matmul_codes(
     a: torch.Tensor, b: torch.Tensor, za: int = 0, zb: int = 0,
     a_spec: CodeSpec = UINT8, b_spec: CodeSpec = INT8,
 ) -> torch.Tensor:
-    """Exact ``(a - za) @ (b - zb)`` for code matrices a (M x K) and b (K x N), as int32."""
+    """Exact ``(a - za) @ (b - zb)`` for code matrices a (M x K) and b (K x N), as int32.
+
+    Leading batch dimensions broadcast as in ``torch.matmul`` (attention's per-head products)."""
     check_operands(a, b, za, zb, a_spec, b_spec)
     out = (a.to(torch.int64) - za) @ (b.to(torch.int64) - zb)
     return out.to(torch.int32)

@@ -1,0 +1,37 @@
+"""The integer-only ViT/DeiT forward: uint8 image codes in, int32 logits out.
+
+Mirrors calib/vit.py's forward point for point; docs/numerics.md lists the ops.
+"""
+
+import torch
+
+from .blocks import Tracer, add, lin, mha, mlp, norm
+
+__all__ = ["forward", "patchify"]
+
+
+def patchify(codes: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] -> [B, patches, C*ph*pw] in the conv weight's (C, kh, kw) order (host im2col)."""
+    B, C, H, W = codes.shape
+    ph, pw = patch
+    x = codes.reshape(B, C, H // ph, ph, W // pw, pw).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // ph) * (W // pw), C * ph * pw)
+
+
+def forward(im, codes: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+    c = im.config
+    rec = Tracer(trace)
+    B = codes.shape[0]
+    emb = lin(im, "patch_embed", patchify(codes, c["patch_size"]), "input", "embed")
+    tokens = rec("embed", torch.cat([im.t("cls").to(torch.int64).expand(B, 1, -1), emb], dim=1))
+    r = rec("resid.0", add(im, "resid.0", tokens, "embed", im.t("pos").expand(B, -1, -1), "pos"))
+    for i in range(c["depth"]):
+        p, j = f"blocks.{i}", 2 * i
+        h = rec(f"{p}.norm1", norm(im, f"{p}.norm1", r, f"resid.{j}"))
+        a = mha(im, f"{p}.attn", h, f"{p}.norm1", c["num_heads"], rec)
+        r = rec(f"resid.{j + 1}", add(im, f"resid.{j + 1}", r, f"resid.{j}", a, f"{p}.attn.proj"))
+        h = rec(f"{p}.norm2", norm(im, f"{p}.norm2", r, f"resid.{j + 1}"))
+        m = mlp(im, f"{p}.mlp", h, f"{p}.norm2", rec)
+        r = rec(f"resid.{j + 2}", add(im, f"resid.{j + 2}", r, f"resid.{j + 1}", m, f"{p}.mlp.fc2"))
+    h = rec("norm", norm(im, "norm", r, f"resid.{2 * c['depth']}"))
+    return rec("logits", lin(im, "head", h[:, 0], "norm", None))
