@@ -173,8 +173,9 @@ class Builder:
         self.im.ints[f"{name}.mult"], self.im.ints[f"{name}.shift"] = int(m), int(s)
 
     def layernorm(self, name: str, ln: torch.nn.LayerNorm, out_point: str) -> None:
+        C = ln.normalized_shape[0]
         G, B, fg = affine_params(ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy(),
-                                 self.qp(out_point).base, name)
+                                 self.scales(out_point, C), name)
         self.im.tensors[f"{name}.G"], self.im.tensors[f"{name}.B"] = G.to(torch.int32), B.to(torch.int64)
         self.im.ints[f"{name}.fg"] = fg
 

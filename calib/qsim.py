@@ -83,12 +83,14 @@ class QuantSim:
         return F.conv2d(x, self.weight(name, module), module.bias, module.stride, module.padding)
 
     # -- non-linear ops --------------------------------------------------------------------
-    def layernorm(self, module: torch.nn.LayerNorm, x: torch.Tensor, in_name: str, out_name: str) -> torch.Tensor:
+    def layernorm(self, module: torch.nn.LayerNorm, x: torch.Tensor, in_name: str, out_name: str,
+                  ptf: bool = False) -> torch.Tensor:
+        """LayerNorm from point `in_name` to point `out_name` (a PTF point where it feeds a residual)."""
         if self.mode == "quant" and self.cfg.official:
             y = _fqvit_int_layernorm(x, self.params[in_name], self.params[out_name], module)
         else:
             y = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-        return self.act(out_name, y)
+        return self.act(out_name, y, ptf=ptf)
 
     def softmax(self, name: str, logits: torch.Tensor, logits_name: str,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,6 +153,7 @@ def _fqvit_int_layernorm(x: torch.Tensor, qin: QParams, qout: QParams, ln: torch
     """FQ-ViT's 'int' LayerNorm (layers.py:L151-206): shifted integers, integer moments, a per-token
     8-bit-mantissa dyadic multiplier, float gamma/beta; no eps (sigma = 0 gives NaN there)."""
     s = qin.scale.reshape(-1) if qin.scale.dim() else qin.scale.reshape(1)
+    s = s.repeat(x.shape[-1] // s.numel())  # Swin patch merging: 4 tokens' channels side by side
     s_min = s.min()
     x_q = torch.round(x / s) * torch.round(s / s_min)
     C = x.shape[-1]

@@ -85,12 +85,18 @@ def forward(model: VisionTransformer, x: torch.Tensor, sim: QuantSim) -> torch.T
     return sim.logits(sim.linear("head", model.head, h[:, 0]))
 
 
-def export_attention(b: Builder, p: str, attn: nn.Module, in_point: str) -> None:
+def export_attention(b: Builder, p: str, attn: nn.Module, in_point: str, rel_bias: torch.Tensor | None = None) -> None:
+    """qkv, Q.K^T requantization, (Swin: the relative position bias add), softmax, x V, proj."""
     lis = b.sim.cfg.lis
     b.linear(f"{p}.qkv", in_point, f"{p}.qkv")
     s_qkv = b.qp(f"{p}.qkv").base
     b.matmul(f"{p}.logits", s_qkv * s_qkv * attn.scale / b.qp(f"{p}.logits").base)
-    b.softmax(f"{p}.softmax", f"{p}.logits")
+    softmax_in = f"{p}.logits"
+    if rel_bias is not None:
+        b.constant(f"{p}.rel_bias", rel_bias, f"{p}.rel_bias")
+        b.add(f"{p}.biased", f"{p}.logits", f"{p}.rel_bias", f"{p}.biased", rel_bias.shape[-1])
+        softmax_in = f"{p}.biased"
+    b.softmax(f"{p}.softmax", softmax_in)
     s_p = 2.0**-15 if lis else b.qp(f"{p}.softmax").base
     b.matmul(f"{p}.attn_v", s_p * s_qkv / b.qp(f"{p}.attn_v").base)
     b.linear(f"{p}.proj", f"{p}.attn_v", f"{p}.proj")

@@ -17,8 +17,8 @@ Per token:
     y[c]  = round_shift(G[c] * n[c] + B[c], FN + FG)             34-bit product and sum
     out   = clamp(z_o + y[c], 0, 255)
 
-``G[c] = round(gamma[c] / s_o * 2**FG)`` (16-bit signed) and ``B[c] = round(beta[c] / s_o *
-2**(FN + FG))`` are the quantized affine parameters, with the per-layer FG chosen offline so the
+``G[c] = round(gamma[c] / s_o[c] * 2**FG)`` (16-bit signed) and ``B[c] = round(beta[c] / s_o[c] *
+2**(FN + FG))`` (s_o[c] is per channel only where the output is itself a PTF point) are the quantized affine parameters, with the per-layer FG chosen offline so the
 largest |G| uses 15 bits. A zero-variance token (every X equal) has C * X - M1 = 0 and D = 0, so
 n = 0 and the output is the quantized beta: LayerNorm's limit, where FQ-ViT divides by zero.
 The only division is one reciprocal per token (``R``); there is no eps, as in FQ-ViT's integer LN.
@@ -55,8 +55,10 @@ def bit_length(v: torch.Tensor, bits: int = _SQRT_BITS + 1) -> torch.Tensor:
     return k
 
 
-def affine_params(gamma, beta, s_out: float, what: str = "layernorm") -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Offline: (G, B, FG) quantizing gamma/beta for output scale s_out."""
+def affine_params(gamma, beta, s_out, what: str = "layernorm") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Offline: (G, B, FG) quantizing gamma/beta for the output scale s_out (scalar, or per channel
+    when the output is a PTF point such as Swin's patch-embedding norm)."""
+    s_out = np.asarray(s_out, np.float64)
     g = np.asarray(gamma, np.float64) / s_out
     b = np.asarray(beta, np.float64) / s_out
     top = float(np.abs(g).max())
