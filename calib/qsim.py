@@ -32,6 +32,7 @@ class QuantSim:
         self.params: dict[str, QParams] = {}
         self.layers: dict[str, torch.nn.Module] = {}
         self.weights: dict[str, WeightQ] = {}
+        self.fake_weights: dict[str, torch.Tensor] = {}
         self.capture: dict | None = None  # quant mode: point name -> codes, for comparisons
         self.input_quant = True  # FQ-ViT's ViT-B/L have no input quantizer (official mode only)
 
@@ -48,6 +49,7 @@ class QuantSim:
         for obs in self.observers.values():
             obs.last = None  # the last batch is only needed for the search
         self.weights = {name: quantize_weight(m.weight, self.cfg.official) for name, m in self.layers.items()}
+        self.fake_weights = {name: wq.dequant() for name, wq in self.weights.items()}
 
     # -- quantization points ---------------------------------------------------------------
     def act(self, name: str, x: torch.Tensor, ptf: bool = False, fake: bool = True) -> torch.Tensor:
@@ -73,7 +75,7 @@ class QuantSim:
         if self.mode == "calibrate":
             self.layers[name] = module
         if self.mode == "quant":
-            return self.weights[name].dequant()
+            return self.fake_weights[name]
         return module.weight
 
     def linear(self, name: str, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
