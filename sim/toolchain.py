@@ -118,15 +118,18 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         result.verilog.write_text(verilog)
         runner = get_runner("verilator")
         log = result.directory / "build.log"
-        try:
-            runner.build(
-                sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
-                build_args=list(args), timescale=("1ns", "1ps"), waves=waves, log_file=log,
-            )
-        except (subprocess.CalledProcessError, RuntimeError) as err:  # the runner raises either
-            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:]) if log.is_file() else ""
-            raise ToolchainError(f"Verilator build of {toplevel} failed ({err}); "
-                                 f"full log in {log}:\n{tail}") from None
+        # One Verilator compile at a time across processes: each already uses every core (make -j),
+        # and two at once on a small machine only thrash.
+        with FileLock(str(build_root() / "sim" / ".compile.lock")):
+            try:
+                runner.build(
+                    sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
+                    build_args=list(args), timescale=("1ns", "1ps"), waves=waves, log_file=log,
+                )
+            except (subprocess.CalledProcessError, RuntimeError) as err:  # the runner raises either
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:]) if log.is_file() else ""
+                raise ToolchainError(f"Verilator build of {toplevel} failed ({err}); "
+                                     f"full log in {log}:\n{tail}") from None
         stamp.write_text(json.dumps(key_inputs, indent=2))
     return result
 
