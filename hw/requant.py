@@ -1,0 +1,150 @@
+"""Requantization in hardware: ``clamp(zero + round_shift(acc * mult, shift), lo, hi)``.
+
+``requant_stages`` is the one hardware statement of calib/intref/requant.py's rule (round half up
+by adding ``2**(shift-1)`` before an arithmetic shift); the Requantizer below, attention x V and
+the residual adder all use it. The Requantizer is the epilogue on the systolic array's result
+stream: per output channel an int32 bias, a 16-bit multiplier and a shift, held in one parameter
+memory bank per lane (channel n lives in bank n % lanes at index n // lanes, so a result row of
+column tile g reads index g in every bank at once).
+"""
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from .pipeline import StallPipeline
+
+__all__ = ["MULT_BITS", "SHIFT_BITS", "requant_stages", "RequantConfig", "Requantizer"]
+
+MULT_BITS = 16  # calib.intref.requant.MULT_BITS
+SHIFT_BITS = 6  # shifts 1..62
+ACC_BITS = 32
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def requant_stages(pipe: StallPipeline, acc, mult, shift, zero, lo, hi, name: str):
+    """Two pipeline stages: the product, then round-shift, offset and clamp. Returns the result
+    (signed, wide enough for [lo, hi]). `acc` signed, `mult` unsigned, `shift` >= 1."""
+    prod = pipe.reg(acc * mult, f"{name}_prod")
+    half = Const(1, 1) << (shift - 1).as_unsigned()[:SHIFT_BITS]
+    rounded = ((prod + half) >> shift) + zero
+    out = Signal(signed(ACC_BITS + 1), name=f"{name}_out")
+    clamped = Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded))
+    with pipe.m.If(pipe.en):
+        pipe.m.d.sync += out.eq(clamped)
+    return out
+
+
+@dataclass(frozen=True)
+class RequantConfig:
+    """lanes: the array's columns; max_channels: output channels of the widest layer."""
+
+    lanes: int = 8
+    max_channels: int = 4096
+
+    LATENCY: ClassVar[int] = 4  # accept -> out: param read, bias add, product, round/clamp
+
+    def __post_init__(self):
+        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 32:
+            raise ValueError(f"requant lanes must be an integer in 1..32, got {self.lanes!r}")
+        if isinstance(self.max_channels, bool) or not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 16384:
+            raise ValueError(f"requant max_channels must be an integer in 1..16384, got {self.max_channels!r}")
+
+    @property
+    def groups(self) -> int:
+        return -(-self.max_channels // self.lanes)
+
+    @property
+    def name(self) -> str:
+        return f"requant_{self.lanes}l_{self.max_channels}c"
+
+    @property
+    def in_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(signed(ACC_BITS), self.lanes),
+            "keep": unsigned(self.lanes),
+            "last": unsigned(1),
+            "group": unsigned(max(1, ceil_log2(self.groups))),  # column tile: channels group*lanes + lane
+            "zero": unsigned(8),
+            "wide": unsigned(1),  # 1: int32 output (logits), 0: uint8 codes
+        })
+
+    @property
+    def out_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(signed(ACC_BITS), self.lanes),
+            "keep": unsigned(self.lanes),
+            "last": unsigned(1),
+        })
+
+    @property
+    def param_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "lane": unsigned(bits_for(self.lanes - 1)),
+            "group": unsigned(max(1, ceil_log2(self.groups))),
+            "bias": signed(ACC_BITS),
+            "mult": unsigned(MULT_BITS),
+            "shift": unsigned(SHIFT_BITS),
+        })
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Requantizer(wiring.Component):
+    """int32 accumulators + bias -> uint8 (or int32) codes, per-channel dyadic multipliers.
+
+    ``params`` writes one channel's (bias, mult, shift); always ready. Write all channels of a layer
+    before its results arrive.
+    """
+
+    def __init__(self, config: RequantConfig):
+        self._config = config
+        super().__init__({
+            "params": In(stream.Signature(config.param_layout)),
+            "inp": In(stream.Signature(config.in_layout)),
+            "out": Out(stream.Signature(config.out_layout)),
+        })
+
+    @property
+    def config(self) -> RequantConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        entry = data.StructLayout({"bias": signed(ACC_BITS), "mult": unsigned(MULT_BITS), "shift": unsigned(SHIFT_BITS)})
+        pipe = StallPipeline(m, self.inp, self.out, cfg.LATENCY, "rq")
+        p = self.params.payload
+        m.d.comb += self.params.ready.eq(1)
+        inp = self.inp.payload
+
+        # stage 1: parameters arrive from memory; operands wait beside them
+        s1 = {k: pipe.reg(getattr(inp, k), f"s1_{k}") for k in ("data", "keep", "last", "zero", "wide")}
+        keep, last, zero, wide = s1["keep"], s1["last"], s1["zero"], s1["wide"]
+        keep2, last2, zero2, wide2 = (pipe.reg(v, f"s2_{n}") for v, n in ((keep, "keep"), (last, "last"), (zero, "zero"), (wide, "wide")))
+        keep3, last3, zero3, wide3 = (pipe.reg(v, f"s3_{n}") for v, n in ((keep2, "keep"), (last2, "last"), (zero2, "zero"), (wide2, "wide")))
+        lo = Mux(wide3, INT32_MIN, 0)
+        hi = Mux(wide3, INT32_MAX, 255)
+        for lane in range(cfg.lanes):
+            mem = Memory(shape=entry, depth=cfg.groups, init=[])
+            m.submodules[f"params_{lane}"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(p.group), wp.data.bias.eq(p.bias), wp.data.mult.eq(p.mult), wp.data.shift.eq(p.shift),
+                         wp.en.eq(self.params.valid & (p.lane == lane))]
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(inp.group), rp.en.eq(pipe.en)]
+            # stage 2: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
+            total = pipe.reg(s1["data"][lane] + rp.data.bias, f"sum_{lane}")
+            mult, shift = pipe.reg(rp.data.mult, f"mult_{lane}"), pipe.reg(rp.data.shift, f"shift_{lane}")
+            # stages 3-4: product, round/clamp
+            out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero3, lo, hi, f"lane{lane}")
+            m.d.comb += self.out.payload.data[lane].eq(out)
+        m.d.comb += [self.out.valid.eq(pipe.out_valid), self.out.payload.keep.eq(pipe.reg(keep3, "keep4")),
+                     self.out.payload.last.eq(pipe.reg(last3, "last4"))]
+        return m
