@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import QuantConfig
-from .intref.softmax import LIS_RULES, ZERO_CODE
+from .intref.layernorm import affine_params, layernorm
+from .intref.softmax import EXP_BITS, LIS_RULES, ZERO_CODE
 from .observers import make_observer
 from .quantizer import QParams, WeightQ, fake_quant, quantize, quantize_weight
 
@@ -87,9 +88,15 @@ class QuantSim:
     # -- non-linear ops --------------------------------------------------------------------
     def layernorm(self, module: torch.nn.LayerNorm, x: torch.Tensor, in_name: str, out_name: str,
                   ptf: bool = False) -> torch.Tensor:
-        """LayerNorm from point `in_name` to point `out_name` (a PTF point where it feeds a residual)."""
+        """LayerNorm from point `in_name` to point `out_name` (a PTF point where it feeds a residual).
+
+        Fake-quant runs the integer LayerNorm itself, as FQ-ViT's fake-quant runs its integer LN: with
+        PTF inputs the LayerNorm *is* an integer algorithm, and a float stand-in would differ from
+        it by a code here and there, which 4-bit attention downstream amplifies."""
         if self.mode == "quant" and self.cfg.official:
             y = _fqvit_int_layernorm(x, self.params[in_name], self.params[out_name], module)
+        elif self.mode == "quant":
+            y = _int_layernorm(x, self.params[in_name], self.params[out_name], module)
         else:
             y = F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
         return self.act(out_name, y, ptf=ptf)
@@ -103,7 +110,7 @@ class QuantSim:
             if self.cfg.official:
                 p = _fqvit_lis(logits, self.params[logits_name].base)
             else:
-                p = _lis(torch.softmax(logits, dim=-1), LIS_RULES[self.cfg.lis_rule])
+                p = _lis(logits, LIS_RULES[self.cfg.lis_rule])
             return p if mask is None else p.masked_fill(mask, 0.0)
         p = torch.softmax(logits, dim=-1)
         return p if self.cfg.lis else self.act(name, p)
@@ -118,13 +125,32 @@ class QuantSim:
         return self.act("logits", x) if self.cfg.official else x
 
 
-def _lis(p: torch.Tensor, rule: tuple[int, int]) -> torch.Tensor:
-    """Float LIS with our rule (calib.intref.softmax.lis_codes): 2**-code, 0 for the zero state."""
+def _lis(logits: torch.Tensor, rule: tuple[int, int]) -> torch.Tensor:
+    """Float LIS with our contract (calib.intref.softmax.lis_codes) on fake-quant logits: the
+    16-bit exponentials ``round(2**15 exp(x - max))``, their sum, the threshold rule; returns
+    2**-code, 0 for the zero state. Exact in float64 for these magnitudes."""
     num, den = rule
-    code = torch.zeros_like(p)
+    x = logits.to(torch.float64)
+    e = torch.round(2.0**EXP_BITS * torch.exp(x - x.max(dim=-1, keepdim=True).values))
+    total = e.sum(dim=-1, keepdim=True)
+    code = torch.zeros_like(e)
     for t in range(ZERO_CODE):
-        code += (den >= num * p * 2.0**t).to(p.dtype)
-    return torch.where(code >= ZERO_CODE, torch.zeros_like(p), torch.pow(2.0, -code))
+        code += (den * total >= num * e * 2.0**t).to(e.dtype)
+    out = torch.where(code >= ZERO_CODE, torch.zeros_like(e), torch.pow(2.0, -code))
+    return out.to(logits.dtype)
+
+
+def _int_layernorm(x: torch.Tensor, qin: QParams, qout: QParams, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    """calib.intref.layernorm on the codes of the fake-quant input, dequantized."""
+    C = x.shape[-1]
+    s_in = qin.scale.reshape(-1)
+    tile = C // s_in.numel() if s_in.numel() > 1 else 1  # Swin patch merging: 4 tokens side by side
+    alpha = (qin.alpha if qin.alpha is not None else torch.zeros(C // tile, dtype=torch.int64)).repeat(tile)
+    s_out = qout.scale.to(torch.float64).reshape(-1).expand(C) if qout.scale.dim() else qout.scale.to(torch.float64)
+    G, B, fg = affine_params(ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy(), s_out.numpy())
+    codes = torch.round(x / qin.scale.repeat(tile) if qin.scale.dim() else x / qin.scale).to(torch.int64) + qin.zero
+    y = layernorm(codes, qin.zero, alpha, G, B, fg, qout.zero)
+    return (y - qout.zero).to(x.dtype) * qout.scale
 
 
 def _fqvit_lis(x: torch.Tensor, scale: float) -> torch.Tensor:
