@@ -32,8 +32,8 @@ def digits_vectors(images: int = 4):
         saved = torch.load(trace_path, weights_only=True)
         return export.load(model_path), saved["trace"], saved["codes"]
     folder.mkdir(parents=True, exist_ok=True)
+    model = create_model(DIGITS, progress=False)  # may train: outside no_grad
     with torch.no_grad():
-        model = create_model(DIGITS, progress=False)
         data = digits_data(images=images)
         sim = calibrate(model, QuantConfig(ptf=True, lis=True), data, progress=False)
         im = quantize_model(model, sim, DIGITS, model_path)
