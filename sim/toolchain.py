@@ -150,7 +150,9 @@ def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | Non
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module, hdl_toplevel=compiled.toplevel, hdl_toplevel_lang="verilog",
-        build_dir=compiled.directory, test_dir=test_dir, extra_env=extra_env or {}, seed=seed,
+        build_dir=compiled.directory, test_dir=test_dir, seed=seed,
+        # cocotb runs in test_dir: pass the absolute build folder so caches (models, vectors) are found
+        extra_env={"FQVIT_BUILD_DIR": str(build_root()), **(extra_env or {})},
         testcase=testcase, timescale=("1ns", "1ps"), log_file=log_file,
     )
     tests, failed = get_results(results)

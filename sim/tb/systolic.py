@@ -84,8 +84,8 @@ async def stream(dut, clock, jobs, idle, seed):
     rows = sum(job.result_rows for job in jobs)
     receiving = cocotb.start_soon(sink.receive(rows))
     budget = (len(words) + 2 * rows + 4 * CFG.rows + 100) * (1 + 8 * idle)
-    await with_timeout(source.send(words), budget * PERIOD_NS, "ns")
-    await with_timeout(receiving, budget * PERIOD_NS, "ns")
+    await with_timeout(source.send(words), int(budget * PERIOD_NS), "ns")
+    await with_timeout(receiving, int(budget * PERIOD_NS), "ns")
     dut._log.info("%d jobs: %d operand beats, %d result rows, idle %.1f, cycles %d..%d",
                   len(jobs), len(words), rows, idle, source.accepted_at[0], sink.received_at[-1])
     fields = OUT_CODEC.decode(sink.words)
