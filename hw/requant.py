@@ -55,6 +55,9 @@ class RequantConfig:
         if isinstance(self.max_channels, bool) or not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 16384:
             raise ValueError(f"requant max_channels must be an integer in 1..16384, got {self.max_channels!r}")
 
+    def timing(self) -> dict:
+        return {"latency": self.LATENCY, "beats_per_cycle": 1}
+
     @property
     def groups(self) -> int:
         return -(-self.max_channels // self.lanes)

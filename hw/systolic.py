@@ -70,6 +70,10 @@ class SystolicConfig:
         """Fewest cycles between two ``last`` beats; shorter tiles are held back (``ready`` low) until then."""
         return 2 * self.rows - 1
 
+    def timing(self) -> dict:
+        return {"latency": self.latency, "row_interval": self.row_interval,
+                "min_tile_beats": self.min_tile_beats, "beats_per_cycle": 1}
+
     @property
     def operand_layout(self) -> data.StructLayout:
         return data.StructLayout({

@@ -1,0 +1,210 @@
+"""Attention x V without multipliers: LIS codes shift V rows into per-column accumulators.
+
+For one query row, key ``j`` arrives as one beat: its LIS code ``c[j]`` (0..15, or 16 for the
+zero state) and ``lanes`` columns of V's row ``j``. Every lane adds ``(v[j] - z_v) << (15 - c[j])``
+to its accumulator: a barrel shift and an add, no multiplier. The row's last key hands the sums
+to a hold register and the accumulators start on the next row in the next cycle, while the held
+sums are requantized to the ``attn_v`` uint8 codes by ``hw.requant.requant_stages``
+(calib.intref.attnv.attnv_shift, then calib.intref.requant.requantize). A head dimension wider
+than ``lanes`` is sent as column chunks, each re-streaming the row's codes.
+
+Why the requantizer is narrower than the accumulators: requantization (a 16-bit multiplier, a
+variable shift of a 48-bit product by up to 62, rounding and clamping) costs about 650 LUT4s, 115
+carry cells and two 18x18 multipliers per requantized column on an ECP5 (yosys synth_ecp5),
+against about 160 LUT4s per lane for shift, accumulate and hold. But it runs once per row, and
+rows are long (197 keys in DeiT, 49 in Swin, 17 in the digits model), so ``requant_lanes``
+requantizers take the held row ``requant_lanes`` columns per cycle: ``steps = ceil(lanes /
+requant_lanes)`` cycles per row, hidden behind the next row's keys whenever rows have at least
+``steps`` keys. ``requant_lanes = lanes`` gives one requantizer per lane, for short rows.
+
+Both halves are stall-together pipelines (hw.pipeline.StallPipeline): the key pipeline holds a
+row's last key while the hold register is still busy, and back-pressure on ``out`` stalls the
+requantizers, hence the hold register and, through it, ``inp``. Nothing is dropped.
+"""
+
+from dataclasses import asdict, dataclass
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .pipeline import StallPipeline
+from .requant import MULT_BITS, SHIFT_BITS, requant_stages
+
+__all__ = ["AttnVConfig", "AttnV"]
+
+CODE_BITS = 5  # LIS code 0..15 plus the zero state 16 (any code >= 16 is the zero state, as in the reference)
+FRAC_BITS = 15  # weight of code c is 2**(15 - c)
+LIS_ACC_BITS = 25  # docs/numerics.md: a softmax's LIS row gives |acc| < 1.5 * 255 * 2**15 < 2**24
+REQUANT_STAGES = 2  # requant_stages: product, round/clamp
+
+
+@dataclass(frozen=True)
+class AttnVConfig:
+    """lanes: V columns per key beat; requant_lanes: columns requantized per cycle; max_keys: the
+    longest row that is exact for *any* codes.
+
+    Codes from the LIS softmax weigh less than 1.5 in total, so their rows are exact at any length
+    in 25 bits; ``max_keys`` sizes the accumulator for arbitrary codes (all 0 in the worst case) so
+    the unit also matches the reference outside the softmax's range (256 keys: 32 bits).
+    """
+
+    lanes: int = 8
+    requant_lanes: int = 1
+    max_keys: int = 256
+
+    def __post_init__(self):
+        def check(name, hi, bound):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise ValueError(f"attnv {name} must be an integer in {bound}, got {value!r}")
+
+        check("lanes", 64, "1..64")
+        check("requant_lanes", self.lanes, f"1..lanes ({self.lanes})")
+        check("max_keys", 4096, "1..4096")
+
+    @property
+    def name(self) -> str:
+        return f"attnv_{self.lanes}l_{self.requant_lanes}r_{self.max_keys}k"
+
+    @property
+    def acc_bits(self) -> int:
+        """Signed accumulator width: max_keys keys of code 0 and |v - z_v| = 255, or an LIS row."""
+        return max(LIS_ACC_BITS, (self.max_keys * 255 << FRAC_BITS).bit_length() + 1)
+
+    @property
+    def steps(self) -> int:
+        """Cycles the requantizers spend on one row; a row of fewer keys still takes this long."""
+        return -(-self.lanes // self.requant_lanes)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the handshake of a row's last key to its output, unstalled, when the previous
+        row had at least `steps` keys: key stage, hold, `steps` requant issues, round/clamp."""
+        return 1 + self.steps + REQUANT_STAGES
+
+    def timing(self) -> dict:
+        return {"latency": self.latency, "keys_per_cycle": 1, "min_row_cycles": self.steps}
+
+    @property
+    def in_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "code": unsigned(CODE_BITS),
+            "v": data.ArrayLayout(unsigned(8), self.lanes),
+            "last": unsigned(1),  # last key of the row
+            "z_v": unsigned(8),
+            # read on the row's last key only:
+            "keep": unsigned(self.lanes),  # valid columns, copied to the output
+            "last_row": unsigned(1),  # the row ends a block: becomes out.last
+            "z_out": unsigned(8),  # the row's requantization
+            "mult": unsigned(MULT_BITS),
+            "shift": unsigned(SHIFT_BITS),
+        })
+
+    @property
+    def out_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(unsigned(8), self.lanes),
+            "keep": unsigned(self.lanes),
+            "last": unsigned(1),
+        })
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AttnV(wiring.Component):
+    """``inp``: one key per beat (fields in ``AttnVConfig.in_layout``); ``out``: one beat per row.
+
+    The per-layer scalars travel in every beat instead of a parameter register: a row is then
+    self-contained, so rows of different layers (or heads with different zero points) may follow
+    each other back to back with no drain and no ordering rule between a parameter write and the
+    rows still in flight. It costs input wires, and one copy of the row's scalars in the hold
+    register.
+    """
+
+    def __init__(self, config: AttnVConfig):
+        self._config = config
+        super().__init__({
+            "inp": In(stream.Signature(config.in_layout)),
+            "out": Out(stream.Signature(config.out_layout)),
+        })
+
+    @property
+    def config(self) -> AttnVConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        lanes, width, steps = cfg.lanes, cfg.requant_lanes, cfg.steps
+        inp = self.inp.payload
+        row_fields = ("keep", "last_row", "z_out", "mult", "shift")  # the fields read on a row's last key
+        row_layout = data.StructLayout({k: cfg.in_layout[k].shape for k in row_fields})
+
+        # Key pipeline, stage 1: each lane's shifted term (~c[:4] is 15 - c; codes >= 16 add 0).
+        # Only a row's last key leaves it, into the hold register; the other keys end in the accumulators.
+        to_hold = stream.Signature(0).create(path=("to_hold",))
+        keys = StallPipeline(m, self.inp, to_hold, 1, "key")
+        zero_state = inp.code[4:].any()
+        terms = []
+        for lane in range(lanes):
+            centred = inp.v[lane] - inp.z_v  # 9-bit signed, -255..255
+            terms.append(keys.reg(Mux(zero_state, 0, centred << ~inp.code[:4]), f"term_{lane}"))  # 24-bit signed
+        last = keys.reg(inp.last, "key_last")
+        row_in = Signal(row_layout)
+        m.d.comb += [getattr(row_in, k).eq(getattr(inp, k)) for k in row_fields]
+        row = keys.reg(row_in, "key_row")
+        m.d.comb += to_hold.valid.eq(keys.out_valid & last)
+
+        sums = []
+        for lane in range(lanes):
+            acc = Signal(signed(cfg.acc_bits), name=f"acc_{lane}")
+            total = Signal(signed(cfg.acc_bits), name=f"total_{lane}")
+            m.d.comb += total.eq(acc + terms[lane])
+            with m.If(keys.en & keys.out_valid):  # the row's last key restarts the accumulator
+                m.d.sync += acc.eq(Mux(last, 0, total))
+            sums.append(total)
+
+        # Hold register: one row's sums (padded to steps * width lanes) and scalars. Each requant
+        # issue takes its lowest `width` lanes and shifts the rest down.
+        issue = stream.Signature(0).create(path=("issue",))
+        rq = StallPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
+        held = [Signal(signed(cfg.acc_bits), name=f"held_{lane}") for lane in range(steps * width)]
+        held_row = Signal(row_layout)
+        final = Signal()  # the issue on offer is the row's last
+        if steps == 1:
+            m.d.comb += final.eq(1)
+        else:
+            step = Signal(range(steps))
+            m.d.comb += final.eq(step == steps - 1)
+            with m.If(issue.valid & issue.ready):
+                m.d.sync += step.eq(Mux(final, 0, step + 1))
+        m.d.comb += to_hold.ready.eq(~issue.valid | (issue.ready & final))
+        with m.If(issue.valid & issue.ready):
+            m.d.sync += [held[lane].eq(held[lane + width]) for lane in range(len(held) - width)]
+            with m.If(final):
+                m.d.sync += issue.valid.eq(0)
+        with m.If(to_hold.valid & to_hold.ready):  # after the issue: a new row wins
+            m.d.sync += [held[lane].eq(sums[lane]) for lane in range(lanes)]
+            m.d.sync += [held_row.eq(row), issue.valid.eq(1)]
+
+        # Requantizers: product, then round/clamp (stages 1-2 of the rq pipeline).
+        shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
+        codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
+        final2 = rq.reg(rq.reg(final, "rq_final1"), "rq_final2")
+        keep2, last_row2 = (rq.reg(rq.reg(getattr(held_row, k), f"rq_{k}1"), f"rq_{k}2") for k in ("keep", "last_row"))
+
+        # Output: the codes of the first steps - 1 issues wait in a shift register; the last
+        # issue's codes join them straight from the requantizers.
+        early = [Signal(8, name=f"early_{i}") for i in range((steps - 1) * width)]
+        with m.If(rq.out_valid & ~final2):  # a non-final issue is never offered, so rq.en is 1
+            m.d.sync += [early[i].eq((early + codes)[i + width]) for i in range(len(early))]
+        row_codes = early + codes
+        m.d.comb += [
+            self.out.valid.eq(rq.out_valid & final2),
+            *(self.out.payload.data[lane].eq(row_codes[lane]) for lane in range(lanes)),
+            self.out.payload.keep.eq(keep2),
+            self.out.payload.last.eq(last_row2),
+        ]
+        return m

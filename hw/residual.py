@@ -1,0 +1,145 @@
+"""The residual adder: two uint8 code streams at different per-channel scales, one rounding.
+
+    out[c] = clamp(z_o + round_shift(ma[c] * (a[c] - z_a) + mb[c] * (b[c] - z_b), shift), 0, 255)
+
+(calib/intref/residual.py). Per channel two 16-bit multipliers, held like the Requantizer's
+parameters in one memory bank per lane (channel n in bank n % lanes at index n // lanes, so a beat
+of column group g reads index g in every bank at once). The zero points and the layer's shift
+travel in the beat. The sum is rounded, offset and clamped by ``hw.requant.requant_stages``.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from amaranth import Const, Module, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from .pipeline import StallPipeline
+from .requant import MULT_BITS, SHIFT_BITS, requant_stages
+
+__all__ = ["ResidualConfig", "ResidualAdder"]
+
+CODE_BITS = 8
+CENTERED_BITS = CODE_BITS + 1  # code - zero point, both uint8: exact in 9-bit signed
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """lanes: channels per beat; max_channels: channels of the widest residual stream."""
+
+    lanes: int = 8
+    max_channels: int = 4096
+
+    LATENCY: ClassVar[int] = 4  # accept -> out: param read, products, sum, round/clamp
+
+    def __post_init__(self):
+        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 32:
+            raise ValueError(f"residual lanes must be an integer in 1..32, got {self.lanes!r}")
+        if isinstance(self.max_channels, bool) or not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 16384:
+            raise ValueError(f"residual max_channels must be an integer in 1..16384, got {self.max_channels!r}")
+
+    @property
+    def groups(self) -> int:
+        return -(-self.max_channels // self.lanes)
+
+    @property
+    def name(self) -> str:
+        return f"residual_{self.lanes}l_{self.max_channels}c"
+
+    def timing(self) -> dict:
+        return {"latency": self.LATENCY, "beats_per_cycle": 1}
+
+    @property
+    def in_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "a": data.ArrayLayout(unsigned(CODE_BITS), self.lanes),
+            "b": data.ArrayLayout(unsigned(CODE_BITS), self.lanes),
+            "keep": unsigned(self.lanes),
+            "last": unsigned(1),
+            "group": unsigned(max(1, ceil_log2(self.groups))),  # channels group*lanes + lane
+            "a_zero": unsigned(CODE_BITS),
+            "b_zero": unsigned(CODE_BITS),
+            "zero": unsigned(CODE_BITS),  # of the output
+            "shift": unsigned(SHIFT_BITS),  # the layer's shared shift, 1..62
+        })
+
+    @property
+    def out_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(unsigned(CODE_BITS), self.lanes),
+            "keep": unsigned(self.lanes),
+            "last": unsigned(1),
+        })
+
+    @property
+    def param_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "lane": unsigned(bits_for(self.lanes - 1)),
+            "group": unsigned(max(1, ceil_log2(self.groups))),
+            "ma": unsigned(MULT_BITS),
+            "mb": unsigned(MULT_BITS),
+        })
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResidualAdder(wiring.Component):
+    """Two uint8 code streams (same channels, lane for lane) -> their requantized sum (uint8).
+
+    ``params`` writes one channel's (ma, mb); always ready. Write all channels of a layer before
+    its codes arrive.
+    """
+
+    def __init__(self, config: ResidualConfig):
+        self._config = config
+        super().__init__({
+            "params": In(stream.Signature(config.param_layout)),
+            "inp": In(stream.Signature(config.in_layout)),
+            "out": Out(stream.Signature(config.out_layout)),
+        })
+
+    @property
+    def config(self) -> ResidualConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        entry = data.StructLayout({"ma": unsigned(MULT_BITS), "mb": unsigned(MULT_BITS)})
+        pipe = StallPipeline(m, self.inp, self.out, cfg.LATENCY, "res")
+        p = self.params.payload
+        m.d.comb += self.params.ready.eq(1)
+        inp = self.inp.payload
+
+        def delayed(value, name, stages):
+            for stage in range(1, stages + 1):
+                value = pipe.reg(value, f"s{stage}_{name}")
+            return value
+
+        # round/clamp (stage 4) reads the zero point and shift beside the stage-3 sum
+        zero, shift = delayed(inp.zero, "zero", 3), delayed(inp.shift, "shift", 3)
+        for lane in range(cfg.lanes):
+            mem = Memory(shape=entry, depth=cfg.groups, init=[])
+            m.submodules[f"params_{lane}"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(p.group), wp.data.ma.eq(p.ma), wp.data.mb.eq(p.mb),
+                         wp.en.eq(self.params.valid & (p.lane == lane))]
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(inp.group), rp.en.eq(pipe.en)]
+            # stage 1: multipliers arrive from memory; the centred operands wait beside them
+            ca = pipe.reg(inp.a[lane] - inp.a_zero, f"ca_{lane}", signed(CENTERED_BITS))
+            cb = pipe.reg(inp.b[lane] - inp.b_zero, f"cb_{lane}", signed(CENTERED_BITS))
+            # stage 2: two 16 x 9-bit products (25-bit signed)
+            pa, pb = pipe.reg(rp.data.ma * ca, f"pa_{lane}"), pipe.reg(rp.data.mb * cb, f"pb_{lane}")
+            # stages 3-4: requant_stages' product stage registers the 26-bit sum (times 1), then the
+            # one rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
+            out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
+            m.d.comb += self.out.payload.data[lane].eq(out)
+        m.d.comb += [self.out.valid.eq(pipe.out_valid),
+                     self.out.payload.keep.eq(delayed(inp.keep, "keep", cfg.LATENCY)),
+                     self.out.payload.last.eq(delayed(inp.last, "last", cfg.LATENCY))]
+        return m

@@ -1,0 +1,129 @@
+"""Attention x V in Amaranth's own simulator (small configurations) and its config."""
+
+import random
+import re
+
+import pytest
+import torch
+from amaranth import Value
+from amaranth.sim import Simulator
+
+from calib.intref.softmax import ZERO_CODE
+from hw.attnv import AttnV, AttnVConfig
+from sim.payload import PayloadCodec
+from sim.tb.attnv import Head, random_head, requant_for, shift_ladder_heads
+
+
+def run_pysim(cfg: AttnVConfig, heads: list[Head], stall: float, seed: int):
+    """Stream the heads back to back with random stalls on both sides; return the output fields
+    and the cycles of the input and output handshakes."""
+    rnd_in, rnd_out = random.Random(seed), random.Random(seed + 1)
+    dut = AttnV(cfg)
+    in_codec, out_codec = PayloadCodec(cfg.in_layout), PayloadCodec(cfg.out_layout)
+    words = [w for head in heads for w in in_codec.encode(head.key_fields(cfg))]
+    rows = sum(head.out_rows(cfg) for head in heads)
+    received, accepted_at, received_at = [], [], []
+    cycle = 0
+
+    async def clock(ctx):
+        nonlocal cycle
+        while True:
+            await ctx.tick()
+            cycle += 1
+
+    async def producer(ctx):
+        for word in words:
+            while rnd_in.random() < stall:
+                await ctx.tick()
+            ctx.set(dut.inp.valid, 1)
+            ctx.set(Value.cast(dut.inp.payload), word)
+            await ctx.tick().until(dut.inp.ready)
+            accepted_at.append(cycle)
+            ctx.set(dut.inp.valid, 0)
+
+    async def consumer(ctx):
+        while len(received) < rows:
+            while rnd_out.random() < stall:
+                await ctx.tick()
+            ctx.set(dut.out.ready, 1)
+            (word,) = await ctx.tick().sample(Value.cast(dut.out.payload)).until(dut.out.valid)
+            received_at.append(cycle)
+            ctx.set(dut.out.ready, 0)
+            received.append(word)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_process(clock)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run_until(1e-6 * (len(words) + rows * cfg.steps + cfg.latency + 20) * (1 + 4 * stall))
+    assert len(received) == rows, f"got {len(received)} of {rows} output rows"
+    fields = out_codec.decode(received)
+    parts, r = [], 0
+    for head in heads:
+        n = head.out_rows(cfg)
+        parts.append({k: value[r:r + n] for k, value in fields.items()})
+        r += n
+    return parts, accepted_at, received_at
+
+
+def small_heads(cfg: AttnVConfig, seed: int) -> list[Head]:
+    gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
+    heads = [random_head(gen, rng, nq, nk, d, f"random {nq}x{nk}x{d}")
+             for nq, nk, d in ((8, 1, cfg.lanes), (2, 5, 2 * cfg.lanes + 1), (2, 17, cfg.lanes - 1 or 1))]
+    # the zero state only (out = z_out), and one key of code 0 with extreme V and zero point
+    heads.append(Head(torch.full((2, 4), ZERO_CODE), torch.randint(0, 256, (4, cfg.lanes), generator=gen),
+                      17, 201, *requant_for(1 << 15, rng), label="zero states"))
+    one = torch.tensor([[ZERO_CODE, 0, ZERO_CODE]])
+    heads.append(Head(one, torch.full((3, cfg.lanes), 0), 255, 128, *requant_for(255 << 15, rng), label="extreme"))
+    return heads + shift_ladder_heads(gen, cfg.lanes)
+
+
+@pytest.mark.parametrize("lanes,requant_lanes", [(1, 1), (3, 3), (3, 2), (8, 1)])
+def test_pysim_matches_reference(lanes, requant_lanes):
+    cfg = AttnVConfig(lanes=lanes, requant_lanes=requant_lanes, max_keys=32)
+    heads = small_heads(cfg, seed=lanes)
+    for stall in (0.0, 0.4):
+        parts, _, _ = run_pysim(cfg, heads, stall, seed=lanes)
+        for head, fields in zip(heads, parts):
+            head.check(cfg, fields)
+
+
+def test_pysim_latency_and_throughput():
+    """Rows of at least `steps` keys: one key per cycle and the published latency; one-key rows:
+    one row per `steps` cycles."""
+    cfg = AttnVConfig(lanes=5, requant_lanes=2, max_keys=32)
+    gen, rng = torch.Generator().manual_seed(5), random.Random(5)
+    heads = [random_head(gen, rng, 3, nk, cfg.lanes + 1, f"{nk} keys") for nk in (cfg.steps, 7)]
+    _, accepted_at, received_at = run_pysim(cfg, heads, 0.0, seed=5)
+    assert accepted_at == list(range(accepted_at[0], accepted_at[0] + len(accepted_at))), "inp stalled"
+    last_keys = [i for i, last in enumerate(k for h in heads for k in h.key_fields(cfg)["last"]) if last]
+    assert {r - accepted_at[k] for r, k in zip(received_at, last_keys)} == {cfg.latency}
+    _, _, received_at = run_pysim(cfg, [random_head(gen, rng, 5, 1, cfg.lanes, "one key")], 0.0, seed=5)
+    assert {b - a for a, b in zip(received_at, received_at[1:])} == {cfg.steps}
+
+
+@pytest.mark.parametrize("field,value,bound", [
+    ("lanes", 0, "1..64"), ("lanes", 65, "1..64"), ("lanes", 2.0, "1..64"), ("lanes", True, "1..64"),
+    ("lanes", "8", "1..64"), ("requant_lanes", 0, "1..lanes (8)"), ("requant_lanes", 9, "1..lanes (8)"),
+    ("max_keys", 0, "1..4096"), ("max_keys", 4097, "1..4096"),
+])
+def test_config_refuses_bad_values(field, value, bound):
+    message = f"attnv {field} must be an integer in {bound}, got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AttnVConfig(**{field: value})
+
+
+def test_config_accumulator_and_timing():
+    # any codes on max_keys keys: max_keys * 255 * 2**15 plus a sign bit; never below the LIS bound
+    assert AttnVConfig(max_keys=256).acc_bits == 32
+    assert AttnVConfig(max_keys=257).acc_bits == 32
+    assert AttnVConfig(max_keys=258).acc_bits == 33
+    assert AttnVConfig(max_keys=49).acc_bits == 30
+    assert AttnVConfig(max_keys=1).acc_bits == 25
+    cfg = AttnVConfig(lanes=3, requant_lanes=2, max_keys=197)
+    assert cfg.name == "attnv_3l_2r_197k"
+    assert cfg.timing() == {"latency": 5, "keys_per_cycle": 1, "min_row_cycles": 2}
+    assert AttnVConfig().timing() == {"latency": 11, "keys_per_cycle": 1, "min_row_cycles": 8}
+    assert AttnVConfig(lanes=8, requant_lanes=8).timing()["latency"] == 4
+    assert cfg.to_dict() == {"lanes": 3, "requant_lanes": 2, "max_keys": 197}
