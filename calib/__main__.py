@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS), help="activation observer")
     p.add_argument("--ptf", action="store_true", help="Power-of-Two Factor for LayerNorm inputs")
     p.add_argument("--lis", action="store_true", help="4-bit Log-Int-Softmax attention (8/8/4)")
-    p.add_argument("--lis-rule", default="fqvit", choices=sorted(LIS_RULES), help="LIS rounding threshold")
+    p.add_argument("--lis-rule", default=None, choices=sorted(LIS_RULES),
+                   help="LIS rounding threshold (default nearest; fqvit with --official)")
     p.add_argument("--official", action="store_true", help="fake-quant exactly like the official FQ-ViT code")
     p.add_argument("--calib-images", type=int, default=None, help="calibration images (ImageFolder: 1000)")
     p.add_argument("--calib-batch", type=int, default=None, help="calibration batch size (digits 25, ImageFolder 100)")
@@ -54,7 +55,8 @@ def positive(p, name, value):
 
 
 def run(args, console: Console) -> dict:
-    cfg = QuantConfig(args.observer, args.ptf, args.lis, args.lis_rule, args.official)
+    rule = args.lis_rule or ("fqvit" if args.official else "nearest")
+    cfg = QuantConfig(args.observer, args.ptf, args.lis, rule, args.official)
     progress = not args.quiet
     model = create_model(args.model, args.checkpoint, progress=progress)
     if args.model == DIGITS:

@@ -19,7 +19,7 @@ from amaranth.lib import data, wiring  # noqa: E402
 
 from hw.systolic import SystolicArray, SystolicConfig  # noqa: E402
 
-__all__ = ["Generated", "generate", "generate_systolic", "port_map", "layout_map"]
+__all__ = ["Generated", "generate", "generate_unit", "generate_systolic", "unit_names", "config_class", "port_map", "layout_map"]
 
 MANIFEST_VERSION = 1
 
@@ -90,7 +90,44 @@ def generate(component: wiring.Component, unit: str, timing: dict) -> Generated:
     return Generated(config.name, text, manifest)
 
 
+def _units() -> dict:
+    """unit name -> (config class, component class). Imported lazily: each unit is its own module."""
+    from hw.attnv import AttnV, AttnVConfig
+    from hw.gelu import Gelu, GeluConfig
+    from hw.layernorm import LayerNormConfig, LayerNormUnit
+    from hw.requant import RequantConfig, Requantizer
+    from hw.residual import ResidualAdder, ResidualConfig
+    from hw.softmax import LisSoftmax, SoftmaxConfig
+
+    return {
+        "systolic": (SystolicConfig, SystolicArray),
+        "requant": (RequantConfig, Requantizer),
+        "gelu": (GeluConfig, Gelu),
+        "residual": (ResidualConfig, ResidualAdder),
+        "layernorm": (LayerNormConfig, LayerNormUnit),
+        "softmax": (SoftmaxConfig, LisSoftmax),
+        "attnv": (AttnVConfig, AttnV),
+    }
+
+
+def unit_names() -> list[str]:
+    return list(_units())
+
+
+def config_class(unit: str):
+    units = _units()
+    if unit not in units:
+        raise ValueError(f"unknown unit {unit!r}; expected one of {', '.join(units)}")
+    return units[unit][0]
+
+
+def generate_unit(unit: str, config) -> Generated:
+    """Verilog and manifest of `unit` with its config dataclass instance."""
+    cfg_cls = config_class(unit)
+    if not isinstance(config, cfg_cls):
+        raise TypeError(f"{unit} needs a {cfg_cls.__name__}, got {type(config).__name__}")
+    return generate(_units()[unit][1](config), unit, config.timing())
+
+
 def generate_systolic(config: SystolicConfig) -> Generated:
-    return generate(SystolicArray(config), "systolic", {
-        "latency": config.latency, "row_interval": config.row_interval,
-        "min_tile_beats": config.min_tile_beats, "beats_per_cycle": 1})
+    return generate_unit("systolic", config)

@@ -1,12 +1,18 @@
-"""``python -m rtl_gen --rows R --cols C --out DIR``: write a unit's Verilog and JSON manifest."""
+"""``python -m rtl_gen``: write a unit's Verilog and JSON manifest.
+
+    python -m rtl_gen --rows 8 --cols 8 --out build/rtl             # the systolic array
+    python -m rtl_gen --unit layernorm --set max_channels=768       # any unit, config fields by name
+    python -m rtl_gen --all --out build/rtl                         # every unit, default configs
+"""
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from hw.systolic import SystolicConfig
-from rtl_gen import generate_systolic
+from rtl_gen import config_class, generate_unit, unit_names
 
 
 def dimension(text: str) -> int:
@@ -20,22 +26,49 @@ def dimension(text: str) -> int:
     return value
 
 
+def build_config(unit: str, settings: list[str], rows: int, cols: int):
+    """The unit's config from `key=value` settings, converted to each field's declared type."""
+    cls = config_class(unit)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {"rows": rows, "cols": cols} if unit == "systolic" else {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        kind = fields[key].type if isinstance(fields[key].type, type) else {"int": int, "str": str, "float": float,
+                                                                            "bool": bool}.get(str(fields[key].type), str)
+        try:
+            values[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
+    return cls(**values)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rtl_gen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rtl_gen", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--unit", default="systolic", choices=unit_names(), help="which unit (default systolic)")
+    parser.add_argument("--all", action="store_true", help="every unit with its default config (and --rows/--cols)")
     parser.add_argument("--rows", type=dimension, default=8, help="systolic array rows R (default 8)")
     parser.add_argument("--cols", type=dimension, default=8, help="systolic array columns C (default 8)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field of --unit")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
     args = parser.parse_args(argv)
 
-    generated = generate_systolic(SystolicConfig(args.rows, args.cols))
+    try:
+        units = unit_names() if args.all else [args.unit]
+        generated = [generate_unit(u, build_config(u, [] if args.all else args.set, args.rows, args.cols)) for u in units]
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{generated.name}.v").write_text(generated.verilog)
-        (args.out / f"{generated.name}.json").write_text(json.dumps(generated.manifest, indent=2) + "\n")
+        for g in generated:
+            (args.out / f"{g.name}.v").write_text(g.verilog)
+            (args.out / f"{g.name}.json").write_text(json.dumps(g.manifest, indent=2) + "\n")
     except OSError as err:
         parser.exit(2, f"{parser.prog}: error: cannot write to {args.out}: {err.strerror}\n")
-    print(f"wrote {args.out / generated.name}.v and .json "
-          f"(latency {generated.manifest['timing']['latency']} cycles)")
+    for g in generated:
+        print(f"wrote {args.out / g.name}.v and .json (timing {g.manifest['timing']})")
     return 0
 
 

@@ -9,15 +9,15 @@ Per token:
     M1    = sum X[c]                               24-bit signed
     M2    = sum X[c]**2                            35-bit unsigned
     V     = C * M2 - M1**2                         47-bit unsigned  (= C**2 * variance / s**2)
-    D     = isqrt(V)                               24 bits          (= C * std / s)
+    D     = isqrt(V)                               22 bits (<= 1020 C) (= C * std / s)
     k     = bit length of D                        0..24
     R     = floor(2**(15 + k) / D)                 17 bits, in (2**15, 2**16]; R = 0 when D = 0
     n[c]  = round_shift((C * X[c] - M1) * R, k + 15 - FN)        (x - mean) / std with FN = 10
-                                                   fractional bits, |n| <= sqrt(C) * 2**10 (17 bits)
+                                                   fractional bits, |n| < 66 * 2**10 (18-bit signed)
     y[c]  = round_shift(G[c] * n[c] + B[c], FN + FG)             34-bit product and sum
     out   = clamp(z_o + y[c], 0, 255)
 
-``G[c] = round(gamma[c] / s_o[c] * 2**FG)`` (16-bit signed) and ``B[c] = round(beta[c] / s_o[c] *
+``G[c] = round(gamma[c] / s_o[c] * 2**FG)`` (17-bit signed: rounding can reach 2**15) and ``B[c] = round(beta[c] / s_o[c] *
 2**(FN + FG))`` (s_o[c] is per channel only where the output is itself a PTF point) are the quantized affine parameters, with the per-layer FG chosen offline so the
 largest |G| uses 15 bits. A zero-variance token (every X equal) has C * X - M1 = 0 and D = 0, so
 n = 0 and the output is the quantized beta: LayerNorm's limit, where FQ-ViT divides by zero.
