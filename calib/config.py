@@ -16,8 +16,8 @@ class QuantConfig:
     ptf: Power-of-Two Factor for the LayerNorm inputs (K = 3); without it they are per tensor.
     lis: 4-bit Log-Int-Softmax attention (8/8/4); without it the softmax output is uint8 (8/8/8).
     lis_rule: where a probability rounds to the next power of two: ``nearest`` (the nearer of the
-        two powers of two in probability; our default, it measured better on the digits model,
-        docs/results.md) or ``fqvit`` (R >= 1.5 * 2**k, FQ-ViT's log_round, which rounds
+        two powers of two in probability: the unbiased choice, our default; docs/results.md
+        compares both) or ``fqvit`` (R >= 1.5 * 2**k, FQ-ViT's log_round, which rounds
         probabilities up more often).
     official: reproduce the official FQ-ViT fake-quant forward and its quirks (weights / 127.5,
         float GELU on the unquantized fc1 output, float bias and residual adds, I-BERT exp with
