@@ -48,3 +48,24 @@ def test_cli_refuses_bad_parameters(args, message, tmp_path):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_generates_every_unit(tmp_path):
+    proc = run_cli("--all", "--rows", "2", "--cols", "3", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    from rtl_gen import unit_names
+    manifests = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert sorted(m["unit"] for m in manifests) == sorted(unit_names())
+    for m in manifests:
+        assert m["timing"] and m["ports"] and m["payloads"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--unit", "layernorm", "--set", "max_channels=0"], "max_channels"),
+    (["--unit", "softmax", "--set", "rule=round"], "rule"),
+    (["--unit", "gelu", "--set", "lanes=x"], "--set lanes: expected int, got 'x'"),
+    (["--unit", "gelu", "--set", "width=3"], "expected FIELD=VALUE with FIELD one of lanes"),
+])
+def test_cli_refuses_bad_unit_parameters(args, message, tmp_path):
+    proc = run_cli(*args, "--out", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
