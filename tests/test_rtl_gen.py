@@ -69,3 +69,9 @@ def test_cli_generates_every_unit(tmp_path):
 def test_cli_refuses_bad_unit_parameters(args, message, tmp_path):
     proc = run_cli(*args, "--out", str(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_synthesis_report_counts_cells():
+    from rtl_gen.synth import synthesize
+    row = synthesize("gelu")
+    assert row["module"] == "gelu_8l" and row["BRAM (DP16KD)"] == 8 and row["LUT4"] > 0
