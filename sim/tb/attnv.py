@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import cocotb
 import numpy as np
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.triggers import with_timeout
 
 from calib.intref.attnv import attnv_shift
 from calib.intref.requant import dyadic, requantize
@@ -25,10 +24,10 @@ from calib.intref.softmax import LIS_RULES, ZERO_CODE, exp_table, lis_codes
 from hw.attnv import AttnVConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import ClockCounter, StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource
+from sim.tb.common import PERIOD_NS, seeded, start
 
 CFG = AttnVConfig(**json.loads(os.environ.get("ATTNV_CONFIG", "{}")))
-PERIOD_NS = 10
 
 
 @dataclass
@@ -177,15 +176,6 @@ def digits_heads(vectors: dict, images: int) -> list[Head]:
     return jobs
 
 
-async def start(dut) -> ClockCounter:
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    clock = ClockCounter(dut.clk, PERIOD_NS)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    return clock
-
-
 async def stream(dut, clock, jobs: list[Head], idle: float, seed):
     """Stream `jobs` back to back; return the source, the sink and each job's output fields."""
     rng = random.Random(seed)
@@ -218,15 +208,11 @@ async def stream_and_check(dut, clock, jobs, idle, seed):
     return source, sink
 
 
-def seeded():
-    seed = cocotb.RANDOM_SEED % 2**63  # torch takes a signed 64-bit seed
-    return seed, torch.Generator().manual_seed(seed), random.Random(seed)
-
-
 @cocotb.test()
 async def random_heads_with_stalls(dut):
     """Random heads (1..197 keys, 1..3 chunks, ragged last chunk), stalled on both streams."""
-    seed, gen, rng = seeded()
+    seed, gen = seeded()
+    rng = random.Random(seed)
     jobs = []
     for n in range(24):
         nk = rng.choice([1, 2, rng.randint(1, 197), 197])
@@ -242,7 +228,8 @@ async def zero_states_and_extremes(dut):
     """Every shift amount alone, all-zero-state rows, one code 0 (the largest softmax weight), V
     and zero points at 0/255, and max_keys keys of code 0: the largest |acc| of all, which needs
     the full accumulator."""
-    seed, gen, rng = seeded()
+    seed, gen = seeded()
+    rng = random.Random(seed)
     lanes = CFG.lanes
     full = torch.full
     jobs = shift_ladder_heads(gen, lanes)
@@ -269,7 +256,7 @@ async def zero_states_and_extremes(dut):
 async def digits_model_rows(dut):
     """Real rows: block 0 of the calibrated digits model (LIS codes, V, zero points, multiplier),
     from the file of `digits_attnv_vectors()` named by $ATTNV_DIGITS."""
-    seed, _, _ = seeded()
+    seed, _ = seeded()
     vectors = torch.load(os.environ["ATTNV_DIGITS"], weights_only=True)
     jobs = digits_heads(vectors, images=2 if CFG.lanes >= 8 else 1)
     clock = await start(dut)
@@ -281,7 +268,8 @@ async def published_latency_and_full_throughput(dut):
     """Unstalled: rows of at least `steps` keys stream one key per cycle with no bubble between
     rows, each row's output `latency` cycles after its last key; rows of one key leave one per
     `steps` cycles."""
-    seed, gen, rng = seeded()
+    seed, gen = seeded()
+    rng = random.Random(seed)
     d = CFG.lanes + 1  # two chunks
     shapes = ((3, CFG.steps), (3, CFG.steps + 1), (2, 17), (2, 197))
     jobs = [random_head(gen, rng, nq, nk, d, f"timing {nk}") for nq, nk in shapes]

@@ -16,15 +16,14 @@ from pathlib import Path
 import cocotb
 import numpy as np
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.triggers import with_timeout
 
-from sim.streams import ClockCounter, StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource
+from sim.tb.common import PERIOD_NS
 
-__all__ = ["PERIOD_NS", "DIGITS_ENV", "lane_beats", "bank_addresses", "from_lanes", "save_digits", "Digits", "seeded",
-           "start", "Layer", "run_layers", "check_passthrough", "check_unstalled_timing"]
+__all__ = ["DIGITS_ENV", "lane_beats", "bank_addresses", "from_lanes", "save_digits", "Digits", "Layer", "run_layers",
+           "check_passthrough", "check_unstalled_timing"]
 
-PERIOD_NS = 10
 DIGITS_ENV = "EPILOGUE_DIGITS"
 
 # What the testbenches take from the digits model (sim.vectors): its first GELU, its first residual
@@ -96,20 +95,6 @@ class Digits:
 
     def zero(self, point: str) -> int:
         return self._i[f"zero.{point}"]
-
-
-def seeded():
-    seed = cocotb.RANDOM_SEED % 2**63  # torch takes a signed 64-bit seed
-    return seed, torch.Generator().manual_seed(seed)
-
-
-async def start(dut) -> ClockCounter:
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    clock = ClockCounter(dut.clk, PERIOD_NS)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    return clock
 
 
 @dataclass

@@ -16,8 +16,8 @@ from calib.intref.gelu import gelu, gelu_table
 from hw.gelu import GeluConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.tb.epilogue import (Digits, Layer, check_unstalled_timing, from_lanes, lane_beats, run_layers, seeded,
-                             start)
+from sim.tb.common import seeded, start
+from sim.tb.epilogue import Digits, Layer, check_unstalled_timing, from_lanes, lane_beats, run_layers
 
 CFG = GeluConfig(**json.loads(os.environ.get("GELU_CONFIG", "{}")))
 IN_CODEC = OUT_CODEC = PayloadCodec(CFG.stream_layout)

@@ -16,21 +16,20 @@ from dataclasses import dataclass
 import cocotb
 import numpy as np
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.triggers import with_timeout
 
 from calib.intref.layernorm import FN, affine_params, bit_length, isqrt, layernorm
 from calib.intref.requant import round_shift
 from hw.layernorm import LayerNormConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import ClockCounter, StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource
+from sim.tb.common import PERIOD_NS, seeded, start
 
 CFG = LayerNormConfig(**json.loads(os.environ.get("LAYERNORM_CONFIG", "{}")))
 PARAM_CODEC = PayloadCodec(CFG.param_layout)
 IN_CODEC = PayloadCodec(CFG.in_layout)
 OUT_CODEC = PayloadCodec(CFG.out_layout)
-PERIOD_NS = 10
 
 
 @dataclass
@@ -93,20 +92,6 @@ class Layer:
                 with np.printoptions(threshold=np.inf, linewidth=160):
                     raise AssertionError(f"{err}\n  q {token.numpy()}\n  alpha {self.alpha[:c].numpy()}\n"
                                          f"  G {self.G[:c].numpy()}\n  B {self.B[:c].numpy()}") from None
-
-
-def seeded():
-    seed = cocotb.RANDOM_SEED % 2**63  # torch takes a signed 64-bit seed
-    return seed, torch.Generator().manual_seed(seed)
-
-
-async def start(dut) -> ClockCounter:
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    clock = ClockCounter(dut.clk, PERIOD_NS)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    return clock
 
 
 def token_words(tokens: list[torch.Tensor]) -> list[int]:

@@ -19,8 +19,9 @@ from calib.intref.requant import dyadic, requantize
 from hw.requant import RequantConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats, run_layers,
-                             seeded, start)
+from sim.tb.common import seeded, start
+from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats,
+                             run_layers)
 
 CFG = RequantConfig(**json.loads(os.environ.get("REQUANT_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)

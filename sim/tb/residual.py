@@ -17,8 +17,9 @@ from calib.intref.residual import add_multipliers, add_requant
 from hw.residual import ResidualConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats, run_layers,
-                             seeded, start)
+from sim.tb.common import seeded, start
+from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats,
+                             run_layers)
 
 CFG = ResidualConfig(**json.loads(os.environ.get("RESIDUAL_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)

@@ -13,21 +13,20 @@ import random
 
 import cocotb
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.triggers import with_timeout
 
 from calib.intref.softmax import exp_rows, exp_table, lis_codes
 from calib.intref.swin import shift_mask
 from hw.softmax import TABLE_BITS, SoftmaxConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import ClockCounter, StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource
+from sim.tb.common import PERIOD_NS, seeded, start
 
 CFG = SoftmaxConfig(**json.loads(os.environ.get("SOFTMAX_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)
 OUT_CODEC = PayloadCodec(CFG.out_layout)
 PARAM_CODEC = PayloadCodec(CFG.param_layout)
-PERIOD_NS = 10
 SCALES = (0.004, 0.05, 0.4)  # gentle, typical and steep exp tables (at 0.4, e = 0 beyond d = 27)
 
 
@@ -60,16 +59,6 @@ def row_words(rows) -> list[int]:
     last = torch.cat([torch.arange(len(r)) == len(r) - 1 for r in rows])
     return IN_CODEC.encode({"x": torch.cat([r.x for r in rows]).numpy(),
                             "mask": torch.cat([r.mask for r in rows]).numpy(), "last": last.numpy()})
-
-
-async def start(dut) -> ClockCounter:
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    clock = ClockCounter(dut.clk, PERIOD_NS)
-    dut.rst.value = 1
-    dut.params__valid.value = 0
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    return clock
 
 
 async def write_table(dut, clock, table, idle, rng):
@@ -124,17 +113,13 @@ async def run_and_check(dut, clock, what, table, rows, idle, rng):
     check_rows(what, rows, table, fields)
 
 
-def seeded():
-    seed = cocotb.RANDOM_SEED % 2**63  # torch takes a signed 64-bit seed
-    return random.Random(seed), torch.Generator().manual_seed(seed)
-
-
 @cocotb.test()
 async def random_rows_with_stalls(dut):
     """Random lengths 1..max_keys, random masks (some rows fully masked), three exp tables and one
     table of arbitrary 16-bit values, with random gaps and back-pressure."""
-    rng, gen = seeded()
-    clock = await start(dut)
+    seed, gen = seeded()
+    rng = random.Random(seed)
+    clock = await start(dut, low=("params__valid",))
     tables = {f"scale {s}": exp_table(s) for s in SCALES}
     tables["random 16-bit table"] = torch.randint(0, 2**TABLE_BITS, (256,), generator=gen)
     for what, table in tables.items():
@@ -148,8 +133,9 @@ async def random_rows_with_stalls(dut):
 async def short_rows_one_side_stalled(dut):
     """Rows of 1..8 keys (shorter than the passes' pipelines) with the output stalled 70 % of the
     time and the input never, then the other way round: every pass runs ahead as far as it may."""
-    rng, gen = seeded()
-    clock = await start(dut)
+    seed, gen = seeded()
+    rng = random.Random(seed)
+    clock = await start(dut, low=("params__valid",))
     table = exp_table(0.05)
     await write_table(dut, clock, table, 0.0, rng)
     for idle, out_idle in ((0.0, 0.7), (0.7, 0.0)):
@@ -161,8 +147,9 @@ async def short_rows_one_side_stalled(dut):
 @cocotb.test()
 async def edge_rows(dut):
     """All-equal rows, one dominating logit, single keys, fully masked rows, the longest rows."""
-    rng, gen = seeded()
-    clock = await start(dut)
+    seed, gen = seeded()
+    rng = random.Random(seed)
+    clock = await start(dut, low=("params__valid",))
     n = CFG.max_keys
     lengths = sorted({1, 2, min(n, 197), n})
     rows = []
@@ -181,8 +168,9 @@ async def edge_rows(dut):
 @cocotb.test(skip=CFG.max_keys < 49)
 async def swin_shifted_windows(dut):
     """49-key rows of Swin's shifted windows: every query of the windows split in two and in four."""
-    rng, gen = seeded()
-    clock = await start(dut)
+    seed, gen = seeded()
+    rng = random.Random(seed)
+    clock = await start(dut, low=("params__valid",))
     masks = shift_mask(14, 14, (7, 7), (3, 3))[:, 0]  # windows: unsplit, split by rows, by columns, both
     rows = [Row(torch.randint(0, 256, (49,), generator=gen), masks[w, q]) for w in (1, 3) for q in range(49)]
     await run_and_check(dut, clock, "swin shift mask", exp_table(0.05), rows, 0.3, rng)
@@ -192,9 +180,10 @@ async def swin_shifted_windows(dut):
 async def digits_model_rows(dut):
     """Real attention rows of the calibrated digits model: its logits, its exp tables, and the
     codes its integer forward computed (when the model's LIS rule is this unit's)."""
-    rng, _ = seeded()
+    seed, _ = seeded()
+    rng = random.Random(seed)
     vectors = torch.load(os.environ["SOFTMAX_VECTORS"], weights_only=True)
-    clock = await start(dut)
+    clock = await start(dut, low=("params__valid",))
     for name, layer in vectors["layers"].items():
         logits = layer["logits"].reshape(-1, layer["logits"].shape[-1])
         rows = [Row(x) for x in logits]
@@ -211,8 +200,9 @@ async def digits_model_rows(dut):
 async def published_latency_and_throughput(dut):
     """Unstalled: a lone row's first code `latency(N)` after its last key, rows of N keys every
     `row_interval(N)` cycles with their codes back to back, one key per cycle into the unit."""
-    rng, gen = seeded()
-    clock = await start(dut)
+    seed, gen = seeded()
+    rng = random.Random(seed)
+    clock = await start(dut, low=("params__valid",))
     await write_table(dut, clock, exp_table(0.05), 0.0, rng)
     for n in sorted({1, min(CFG.max_keys, 49), CFG.max_keys}):
         lone = [random_row(gen, n)]

@@ -13,20 +13,19 @@ import time
 
 import cocotb
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, with_timeout
+from cocotb.triggers import with_timeout
 
 from calib.intref.gemm import INT8, UINT8, matmul_codes
 from hw.systolic import SystolicConfig
 from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import ClockCounter, StreamSink, StreamSource
+from sim.streams import StreamSink, StreamSource
+from sim.tb.common import PERIOD_NS, seeded, start
 from sw.tiling import assemble, operand_beats
 
 CFG = SystolicConfig(**json.loads(os.environ.get("SYSTOLIC_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.operand_layout)
 OUT_CODEC = PayloadCodec(CFG.result_layout)
-PERIOD_NS = 10
 
 
 class Matmul:
@@ -66,15 +65,6 @@ def random_matmul(gen: torch.Generator, m, k, n, a_spec=UINT8, b_spec=INT8) -> M
     return Matmul(codes(a_spec, (m, k)), codes(b_spec, (k, n)), za, zb, a_spec, b_spec)
 
 
-async def start(dut) -> ClockCounter:
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    clock = ClockCounter(dut.clk, PERIOD_NS)
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    return clock
-
-
 async def stream(dut, clock, jobs, idle, seed):
     """Stream `jobs` back to back; return the source, the sink and each job's result fields."""
     rng = random.Random(seed)
@@ -101,11 +91,6 @@ async def stream_and_check(dut, clock, jobs, idle, seed):
     for job, fields in zip(jobs, parts):
         job.check(fields)
     return source, sink
-
-
-def seeded():
-    seed = cocotb.RANDOM_SEED % 2**63  # torch takes a signed 64-bit seed
-    return seed, torch.Generator().manual_seed(seed)
 
 
 @cocotb.test()
