@@ -14,6 +14,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .config import check_int
 from .pipeline import StallPipeline
 
 __all__ = ["CODE_BITS", "GeluConfig", "Gelu"]
@@ -31,8 +32,7 @@ class GeluConfig:
     LATENCY: ClassVar[int] = 1  # accept -> out: the synchronous table read
 
     def __post_init__(self):
-        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 32:
-            raise ValueError(f"gelu lanes must be an integer in 1..32, got {self.lanes!r}")
+        check_int("gelu", "lanes", self.lanes, 1, 32)
 
     @property
     def name(self) -> str:

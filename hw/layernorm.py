@@ -31,6 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from .config import check_int
 from .pipeline import StallPipeline
 from .requant import requant_stages
 
@@ -100,9 +101,7 @@ class LayerNormConfig:
     DIV_STEPS: ClassVar[int] = R_BITS
 
     def __post_init__(self):
-        v = self.max_channels
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= self.MAX:
-            raise ValueError(f"layernorm max_channels must be an integer in 1..{self.MAX}, got {v!r}")
+        check_int("layernorm", "max_channels", self.max_channels, 1, self.MAX)
 
     @property
     def name(self) -> str:

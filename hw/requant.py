@@ -17,6 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .config import check_int
 from .pipeline import StallPipeline
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "requant_stages", "RequantConfig", "Requantizer"]
@@ -51,10 +52,8 @@ class RequantConfig:
     LATENCY: ClassVar[int] = 4  # accept -> out: param read, bias add, product, round/clamp
 
     def __post_init__(self):
-        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 32:
-            raise ValueError(f"requant lanes must be an integer in 1..32, got {self.lanes!r}")
-        if isinstance(self.max_channels, bool) or not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 16384:
-            raise ValueError(f"requant max_channels must be an integer in 1..16384, got {self.max_channels!r}")
+        check_int("requant", "lanes", self.lanes, 1, 32)
+        check_int("requant", "max_channels", self.max_channels, 1, 16384)
 
     def timing(self) -> dict:
         return {"latency": self.LATENCY, "beats_per_cycle": 1}

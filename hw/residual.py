@@ -17,6 +17,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .config import check_int
 from .pipeline import StallPipeline
 from .requant import MULT_BITS, SHIFT_BITS, requant_stages
 
@@ -36,10 +37,8 @@ class ResidualConfig:
     LATENCY: ClassVar[int] = 4  # accept -> out: param read, products, sum, round/clamp
 
     def __post_init__(self):
-        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= 32:
-            raise ValueError(f"residual lanes must be an integer in 1..32, got {self.lanes!r}")
-        if isinstance(self.max_channels, bool) or not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 16384:
-            raise ValueError(f"residual max_channels must be an integer in 1..16384, got {self.max_channels!r}")
+        check_int("residual", "lanes", self.lanes, 1, 32)
+        check_int("residual", "max_channels", self.max_channels, 1, 16384)
 
     @property
     def groups(self) -> int:

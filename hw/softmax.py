@@ -28,6 +28,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from calib.intref.softmax import LIS_RULES, ZERO_CODE
 
+from .config import check_int
 from .pipeline import StallPipeline
 
 __all__ = ["CODE_BITS", "TABLE_BITS", "MAX_KEYS", "SoftmaxConfig", "LisCode", "LisSoftmax"]
@@ -58,8 +59,7 @@ class SoftmaxConfig:
     MIN_ROW_INTERVAL: ClassVar[int] = 5
 
     def __post_init__(self):
-        if isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int) or not 1 <= self.max_keys <= MAX_KEYS:
-            raise ValueError(f"softmax max_keys must be an integer in 1..{MAX_KEYS}, got {self.max_keys!r}")
+        check_int("softmax", "max_keys", self.max_keys, 1, MAX_KEYS)
         if not isinstance(self.rule, str) or self.rule not in LIS_RULES:
             raise ValueError(f"softmax rule must be one of {sorted(LIS_RULES)}, got {self.rule!r}")
 
