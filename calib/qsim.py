@@ -8,6 +8,7 @@ and in ``quant`` mode they fake-quantize with the calibrated parameters, so the 
 calibration pass and the fake-quant model cannot drift apart.
 """
 
+import functools
 import math
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import QuantConfig
 from .intref.layernorm import affine_params, layernorm
-from .intref.softmax import EXP_BITS, LIS_RULES, ZERO_CODE
+from .intref.softmax import EXP_BITS, LIS_RULES, ZERO_CODE, exp_table, lis_codes, lis_weights
 from .observers import make_observer
 from .quantizer import QParams, WeightQ, fake_quant, quantize, quantize_weight
 
@@ -104,13 +105,15 @@ class QuantSim:
     def softmax(self, name: str, logits: torch.Tensor, logits_name: str,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention probabilities; `mask` (bool) marks keys excluded from a row."""
+        if self.mode == "quant" and self.cfg.lis and not self.cfg.official:
+            # Our LIS is an integer op on the softmax input's codes: run the reference itself.
+            qp = self.params[logits_name]
+            codes = lis_codes(quantize(logits, qp), _exp_table(qp.base), LIS_RULES[self.cfg.lis_rule], mask)
+            return lis_weights(codes).to(logits.dtype) / 2.0**EXP_BITS
         if mask is not None:
             logits = logits.masked_fill(mask, float("-inf"))
         if self.mode == "quant" and self.cfg.lis:
-            if self.cfg.official:
-                p = _fqvit_lis(logits, self.params[logits_name].base)
-            else:
-                p = _lis(logits, LIS_RULES[self.cfg.lis_rule])
+            p = _fqvit_lis(logits, self.params[logits_name].base)
             return p if mask is None else p.masked_fill(mask, 0.0)
         p = torch.softmax(logits, dim=-1)
         return p if self.cfg.lis else self.act(name, p)
@@ -125,19 +128,9 @@ class QuantSim:
         return self.act("logits", x) if self.cfg.official else x
 
 
-def _lis(logits: torch.Tensor, rule: tuple[int, int]) -> torch.Tensor:
-    """Float LIS with our contract (calib.intref.softmax.lis_codes) on fake-quant logits: the
-    16-bit exponentials ``round(2**15 exp(x - max))``, their sum, the threshold rule; returns
-    2**-code, 0 for the zero state. Exact in float64 for these magnitudes."""
-    num, den = rule
-    x = logits.to(torch.float64)
-    e = torch.round(2.0**EXP_BITS * torch.exp(x - x.max(dim=-1, keepdim=True).values))
-    total = e.sum(dim=-1, keepdim=True)
-    code = torch.zeros_like(e)
-    for t in range(ZERO_CODE):
-        code += (den * total >= num * e * 2.0**t).to(e.dtype)
-    out = torch.where(code >= ZERO_CODE, torch.zeros_like(e), torch.pow(2.0, -code))
-    return out.to(logits.dtype)
+@functools.lru_cache(maxsize=256)
+def _exp_table(scale: float) -> torch.Tensor:
+    return exp_table(scale)
 
 
 def _int_layernorm(x: torch.Tensor, qin: QParams, qout: QParams, ln: torch.nn.LayerNorm) -> torch.Tensor:
