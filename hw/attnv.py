@@ -25,9 +25,9 @@ requantizers, hence the hold register and, through it, ``inp``. Nothing is dropp
 from dataclasses import asdict, dataclass
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, stream
 
+from .unit import StreamUnit
 from .pipeline import StallPipeline
 from .requant import MULT_BITS, SHIFT_BITS, requant_stages
 
@@ -113,7 +113,7 @@ class AttnVConfig:
         return asdict(self)
 
 
-class AttnV(wiring.Component):
+class AttnV(StreamUnit):
     """``inp``: one key per beat (fields in ``AttnVConfig.in_layout``); ``out``: one beat per row.
 
     The per-layer scalars travel in every beat instead of a parameter register: a row is then
@@ -122,17 +122,6 @@ class AttnV(wiring.Component):
     rows still in flight. It costs input wires, and one copy of the row's scalars in the hold
     register.
     """
-
-    def __init__(self, config: AttnVConfig):
-        self._config = config
-        super().__init__({
-            "inp": In(stream.Signature(config.in_layout)),
-            "out": Out(stream.Signature(config.out_layout)),
-        })
-
-    @property
-    def config(self) -> AttnVConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()

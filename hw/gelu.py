@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from amaranth import Module, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
+from .unit import StreamUnit
 from .config import check_int
 from .pipeline import StallPipeline
 
@@ -51,6 +51,14 @@ class GeluConfig:
         })
 
     @property
+    def in_layout(self) -> data.StructLayout:
+        return self.stream_layout
+
+    @property
+    def out_layout(self) -> data.StructLayout:
+        return self.stream_layout
+
+    @property
     def param_layout(self) -> data.StructLayout:
         return data.StructLayout({"index": unsigned(CODE_BITS), "value": unsigned(CODE_BITS)})
 
@@ -58,24 +66,12 @@ class GeluConfig:
         return asdict(self)
 
 
-class Gelu(wiring.Component):
+class Gelu(StreamUnit):
     """uint8 codes -> uint8 codes through the layer's 256-entry table.
 
     ``params`` writes ``table[index] = value``; always ready. Write the whole table before the
     layer's codes arrive (a code reads the table in the cycle it is accepted).
     """
-
-    def __init__(self, config: GeluConfig):
-        self._config = config
-        super().__init__({
-            "params": In(stream.Signature(config.param_layout)),
-            "inp": In(stream.Signature(config.stream_layout)),
-            "out": Out(stream.Signature(config.stream_layout)),
-        })
-
-    @property
-    def config(self) -> GeluConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()

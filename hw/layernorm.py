@@ -26,11 +26,11 @@ from typing import ClassVar
 
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, enum, stream
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from .unit import StreamUnit
 from .config import check_int
 from .pipeline import StallPipeline
 from .requant import requant_stages
@@ -177,7 +177,7 @@ class LayerNormConfig:
         return asdict(self)
 
 
-class LayerNormUnit(wiring.Component):
+class LayerNormUnit(StreamUnit):
     """uint8 PTF codes -> LayerNorm output codes, one token (C beats ending with ``last``) at a time.
 
     ``params`` (always ready): ``kind`` CHANNEL writes channel ``channel``'s ``alpha``, ``g`` and
@@ -186,18 +186,6 @@ class LayerNormUnit(wiring.Component):
     beat that fills ``max_channels`` ends the token even without ``last``. ``out``: ``q`` and
     ``last`` per channel, tokens in order.
     """
-
-    def __init__(self, config: LayerNormConfig):
-        self._config = config
-        super().__init__({
-            "params": In(stream.Signature(config.param_layout)),
-            "inp": In(stream.Signature(config.in_layout)),
-            "out": Out(stream.Signature(config.out_layout)),
-        })
-
-    @property
-    def config(self) -> LayerNormConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()

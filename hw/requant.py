@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .unit import StreamUnit
 from .config import check_int
 from .pipeline import StallPipeline
 
@@ -99,24 +99,12 @@ class RequantConfig:
         return asdict(self)
 
 
-class Requantizer(wiring.Component):
+class Requantizer(StreamUnit):
     """int32 accumulators + bias -> uint8 (or int32) codes, per-channel dyadic multipliers.
 
     ``params`` writes one channel's (bias, mult, shift); always ready. Write all channels of a layer
     before its results arrive.
     """
-
-    def __init__(self, config: RequantConfig):
-        self._config = config
-        super().__init__({
-            "params": In(stream.Signature(config.param_layout)),
-            "inp": In(stream.Signature(config.in_layout)),
-            "out": Out(stream.Signature(config.out_layout)),
-        })
-
-    @property
-    def config(self) -> RequantConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()

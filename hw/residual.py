@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from amaranth import Const, Module, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from .unit import StreamUnit
 from .config import check_int
 from .pipeline import StallPipeline
 from .requant import MULT_BITS, SHIFT_BITS, requant_stages
@@ -86,24 +86,12 @@ class ResidualConfig:
         return asdict(self)
 
 
-class ResidualAdder(wiring.Component):
+class ResidualAdder(StreamUnit):
     """Two uint8 code streams (same channels, lane for lane) -> their requantized sum (uint8).
 
     ``params`` writes one channel's (ma, mb); always ready. Write all channels of a layer before
     its codes arrive.
     """
-
-    def __init__(self, config: ResidualConfig):
-        self._config = config
-        super().__init__({
-            "params": In(stream.Signature(config.param_layout)),
-            "inp": In(stream.Signature(config.in_layout)),
-            "out": Out(stream.Signature(config.out_layout)),
-        })
-
-    @property
-    def config(self) -> ResidualConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()

@@ -28,6 +28,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from calib.intref.softmax import LIS_RULES, ZERO_CODE
 
+from .unit import StreamUnit
 from .config import check_int
 from .pipeline import StallPipeline
 
@@ -159,7 +160,7 @@ class LisCode(wiring.Component):
         return m
 
 
-class LisSoftmax(wiring.Component):
+class LisSoftmax(StreamUnit):
     """Log-Int-Softmax over rows of uint8 logit codes.
 
     ``params`` writes entry ``addr`` of the exp table (``calib.intref.softmax.exp_table``); always
@@ -173,18 +174,6 @@ class LisSoftmax(wiring.Component):
     ``out``: one code per beat in key order, ``code`` (0..15: probability 2**-code, 16: zero) and
     ``last`` (the row's last key).
     """
-
-    def __init__(self, config: SoftmaxConfig):
-        self._config = config
-        super().__init__({
-            "params": In(stream.Signature(config.param_layout)),
-            "inp": In(stream.Signature(config.in_layout)),
-            "out": Out(stream.Signature(config.out_layout)),
-        })
-
-    @property
-    def config(self) -> SoftmaxConfig:
-        return self._config
 
     def elaborate(self, platform):
         m = Module()
