@@ -54,10 +54,10 @@ def positive(p, name, value):
         p.error(f"--{name} must be a positive integer, got {value}")
 
 
-def run(args, console: Console) -> dict:
+def prepare(args, progress: bool = True):
+    """The model, its data, the quantization config and the export path the arguments name."""
     rule = args.lis_rule or ("fqvit" if args.official else "nearest")
     cfg = QuantConfig(args.observer, args.ptf, args.lis, rule, args.official)
-    progress = not args.quiet
     model = create_model(args.model, args.checkpoint, progress=progress)
     if args.model == DIGITS:
         if args.data:
@@ -73,6 +73,12 @@ def run(args, console: Console) -> dict:
     name = args.model.replace("/", "_")
     path = Path(args.export or f"build/export/{name}-{cfg.observer}-{'ptf' if cfg.ptf else 'noptf'}-"
                                f"{cfg.bits.replace('/', '')}.fqvit.safetensors")
+    return model, data, cfg, path
+
+
+def run(args, console: Console) -> dict:
+    progress = not args.quiet
+    model, data, cfg, path = prepare(args, progress)
     t0 = time.perf_counter()
     sim = calibrate(model, cfg, data, progress, official_input_quant=not args.model.startswith("vit_"))
     t_calib = time.perf_counter() - t0

@@ -55,6 +55,8 @@ def port_map(component: wiring.Component) -> list[dict]:
 
 def layout_map(layout: data.StructLayout) -> dict:
     """Bit offsets and widths of a payload's fields, for anyone packing it outside Python."""
+    if not isinstance(layout, data.StructLayout):  # raw words (the top's din/dout)
+        return {"width": Shape.cast(layout).width, "fields": {}}
     fields = {}
     for name, field in layout:
         shape = field.shape

@@ -5,7 +5,7 @@ Mirrors calib/vit.py's forward point for point; docs/numerics.md lists the ops.
 
 import torch
 
-from .blocks import Tracer, add, lin, mha, mlp, norm
+from .blocks import REF, Tracer, add, lin, mha, mlp, norm
 
 __all__ = ["forward", "patchify"]
 
@@ -18,20 +18,26 @@ def patchify(codes: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.reshape(B, (H // ph) * (W // pw), C * ph * pw)
 
 
-def forward(im, codes: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+def forward(im, codes: torch.Tensor, trace: dict | None = None, ops=REF, depth: int | None = None) -> torch.Tensor:
+    """Logits of uint8 image codes [B, C, H, W]. `ops` computes the layers (the reference by
+    default, an accelerator backend in sw/); `depth` < the model's runs only the first blocks and
+    returns the residual stream after them instead of logits."""
     c = im.config
     rec = Tracer(trace)
     B = codes.shape[0]
-    emb = lin(im, "patch_embed", patchify(codes, c["patch_size"]), "input", "embed")
+    emb = lin(im, "patch_embed", patchify(codes, c["patch_size"]), "input", "embed", ops)
     tokens = rec("embed", torch.cat([im.t("cls").to(torch.int64).expand(B, 1, -1), emb], dim=1))
-    r = rec("resid.0", add(im, "resid.0", tokens, "embed", im.t("pos").expand(B, -1, -1), "pos"))
-    for i in range(c["depth"]):
+    r = rec("resid.0", add(im, "resid.0", tokens, "embed", im.t("pos").expand(B, -1, -1), "pos", ops))
+    depth = c["depth"] if depth is None else depth
+    for i in range(depth):
         p, j = f"blocks.{i}", 2 * i
-        h = rec(f"{p}.norm1", norm(im, f"{p}.norm1", r, f"resid.{j}"))
-        a = mha(im, f"{p}.attn", h, f"{p}.norm1", c["num_heads"], rec)
-        r = rec(f"resid.{j + 1}", add(im, f"resid.{j + 1}", r, f"resid.{j}", a, f"{p}.attn.proj"))
-        h = rec(f"{p}.norm2", norm(im, f"{p}.norm2", r, f"resid.{j + 1}"))
-        m = mlp(im, f"{p}.mlp", h, f"{p}.norm2", rec)
-        r = rec(f"resid.{j + 2}", add(im, f"resid.{j + 2}", r, f"resid.{j + 1}", m, f"{p}.mlp.fc2"))
-    h = rec("norm", norm(im, "norm", r, f"resid.{2 * c['depth']}"))
-    return rec("logits", lin(im, "head", h[:, 0], "norm", None))
+        h = rec(f"{p}.norm1", norm(im, f"{p}.norm1", r, f"resid.{j}", ops=ops))
+        a = mha(im, f"{p}.attn", h, f"{p}.norm1", c["num_heads"], rec, ops=ops)
+        r = rec(f"resid.{j + 1}", add(im, f"resid.{j + 1}", r, f"resid.{j}", a, f"{p}.attn.proj", ops))
+        h = rec(f"{p}.norm2", norm(im, f"{p}.norm2", r, f"resid.{j + 1}", ops=ops))
+        m = mlp(im, f"{p}.mlp", h, f"{p}.norm2", rec, ops)
+        r = rec(f"resid.{j + 2}", add(im, f"resid.{j + 2}", r, f"resid.{j + 1}", m, f"{p}.mlp.fc2", ops))
+    if depth < c["depth"]:
+        return r
+    h = rec("norm", norm(im, "norm", r, f"resid.{2 * c['depth']}", ops=ops))
+    return rec("logits", lin(im, "head", h[:, 0], "norm", None, ops))

@@ -1,0 +1,337 @@
+"""The accelerator top: the systolic array and the transformer units behind a small command set.
+
+Three host-facing streams: ``cmd`` (one ``Command`` per operation), ``din`` (data words, each the
+raw bits of whatever the current command consumes) and ``dout`` (result words). Commands run one
+at a time, in order; a command ends when it has taken ``count`` data words and given ``out_count``
+result words, so results of different commands never interleave.
+
+* ``LOAD_ACT`` / ``LOAD_WEIGHT``: ``count`` words into the activation buffer (``rows`` uint8 codes
+  a word: one channel of a slab of ``rows`` tokens) or the weight buffer (``cols`` codes a word:
+  one input channel of ``cols`` output channels), from address ``addr``.
+* ``PARAMS``: ``count`` words into the ``params`` port of ``unit`` (requantizer, GELU table,
+  LayerNorm, softmax table, residual adder).
+* ``MATMUL``: ``tiles`` output tiles of the activation slab at ``addr`` (``k`` words) times the
+  weights at ``waddr`` (tile ``t``'s ``k`` words at ``waddr + t*k``), computed without the host:
+  the buffers feed the array one beat per cycle, and every result row goes through the
+  requantizer (channel group ``group + t``) and the GELU table to ``dout`` as an ``epilogue``
+  word holding both the requantized codes (or int32, ``wide``) and their GELU codes.
+* ``STREAM``: ``count`` words through ``unit`` (LayerNorm, softmax, attention x V, residual add),
+  its outputs to ``dout``.
+
+Why the activations stream in and out between operations instead of living in a scratchpad, and
+what that costs, is in docs/architecture.md ("Accelerator top").
+"""
+
+from amaranth.lib import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out, Component
+from amaranth.utils import bits_for
+
+from .attnv import AttnV, AttnVConfig
+from .config import check_int
+from .gelu import Gelu, GeluConfig
+from .layernorm import LayerNormConfig, LayerNormUnit
+from .requant import Requantizer, RequantConfig
+from .residual import ResidualAdder, ResidualConfig
+from .softmax import LisSoftmax, SoftmaxConfig
+from .systolic import SystolicArray, SystolicConfig, ZERO_BITS
+
+__all__ = ["Op", "UnitId", "TopConfig", "Accelerator", "COUNT_BITS"]
+
+COUNT_BITS = 24  # data/result words of one command: a DeiT-Tiny head's attention x V is 310k beats
+
+
+class Op(enum.Enum, shape=3):
+    LOAD_ACT = 0
+    LOAD_WEIGHT = 1
+    PARAMS = 2
+    MATMUL = 3
+    STREAM = 4
+
+
+class UnitId(enum.Enum, shape=3):
+    REQUANT = 0
+    GELU = 1
+    LAYERNORM = 2
+    SOFTMAX = 3
+    ATTNV = 4
+    RESIDUAL = 5
+
+
+STREAM_UNITS = (UnitId.LAYERNORM, UnitId.SOFTMAX, UnitId.ATTNV, UnitId.RESIDUAL)
+PARAM_UNITS = (UnitId.REQUANT, UnitId.GELU, UnitId.LAYERNORM, UnitId.SOFTMAX, UnitId.RESIDUAL)
+
+
+@dataclass(frozen=True)
+class TopConfig:
+    """rows x cols: the systolic array; act_kib / weight_kib: the on-chip buffers; max_channels:
+    the widest layer (requantizer, residual and LayerNorm memories); max_keys: the longest
+    attention row; softmax_rule: the LIS rounding rule the model was quantized with."""
+
+    rows: int = 8
+    cols: int = 8
+    act_kib: int = 8
+    weight_kib: int = 64
+    max_channels: int = 1024
+    max_keys: int = 256
+    softmax_rule: str = "nearest"
+
+    def __post_init__(self):
+        check_int("top", "rows", self.rows, 1, SystolicConfig.MAX_DIM)
+        check_int("top", "cols", self.cols, 1, SystolicConfig.MAX_DIM)
+        check_int("top", "act_kib", self.act_kib, 1, 1024)
+        check_int("top", "weight_kib", self.weight_kib, 1, 4096)
+        check_int("top", "max_channels", self.max_channels, 1, LayerNormConfig.MAX)
+        check_int("top", "max_keys", self.max_keys, 1, 1024)
+        # The unit configs validate the rest (e.g. the softmax rule) on construction.
+        for unit in self.units().values():
+            assert unit is not None
+
+    def units(self) -> dict:
+        return {
+            "systolic": SystolicConfig(self.rows, self.cols),
+            "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels),
+            "gelu": GeluConfig(lanes=self.cols),
+            "layernorm": LayerNormConfig(max_channels=self.max_channels),
+            "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
+            "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys),
+            "residual": ResidualConfig(lanes=self.cols, max_channels=self.max_channels),
+        }
+
+    @property
+    def act_words(self) -> int:
+        """Activation buffer depth: words of `rows` codes, i.e. the longest K of one matmul."""
+        return self.act_kib * 1024 // self.rows
+
+    @property
+    def weight_words(self) -> int:
+        """Weight buffer depth: words of `cols` codes (tiles x K of one MATMUL command)."""
+        return self.weight_kib * 1024 // self.cols
+
+    @property
+    def name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"fqvit_top_{self.rows}x{self.cols}_{digest}"
+
+    def timing(self) -> dict:
+        return {name: unit.timing() for name, unit in self.units().items()}
+
+    @property
+    def cmd_layout(self) -> data.StructLayout:
+        addr = unsigned(bits_for(max(self.act_words, self.weight_words)))
+        return data.StructLayout({
+            "op": Op,
+            "unit": UnitId,
+            "count": unsigned(COUNT_BITS),  # din words this command takes
+            "out_count": unsigned(COUNT_BITS),  # dout words it gives
+            "addr": addr,  # LOAD_*: first word; MATMUL: the activation slab
+            "waddr": addr,  # MATMUL: the first weight tile
+            "k": unsigned(bits_for(self.act_words)),  # MATMUL: reduction length (slab words)
+            "tiles": unsigned(bits_for(self.weight_words)),  # MATMUL: output tiles of `cols` channels
+            "group": self.units()["requant"].in_layout["group"].shape,  # MATMUL: requant group of tile 0
+            "rows": unsigned(bits_for(self.rows)),  # MATMUL: real tokens in the slab
+            "last_cols": unsigned(bits_for(self.cols)),  # MATMUL: real channels of the last tile
+            "a_zero": signed(ZERO_BITS),
+            "b_zero": signed(ZERO_BITS),
+            "b_signed": unsigned(1),  # weights int8 (1) or activation codes (0, Q.K^T)
+            "zero": unsigned(8),  # output zero point
+            "wide": unsigned(1),  # int32 outputs (logits)
+        })
+
+    @property
+    def epilogue_layout(self) -> data.StructLayout:
+        return data.StructLayout({
+            "data": data.ArrayLayout(signed(32), self.cols),
+            "gelu": data.ArrayLayout(unsigned(8), self.cols),
+            "keep": unsigned(self.cols),
+            "last": unsigned(1),
+        })
+
+    @property
+    def din_width(self) -> int:
+        u = self.units()
+        widths = [self.rows * 8, self.cols * 8]
+        widths += [u[n].param_layout.size for n in ("requant", "gelu", "layernorm", "softmax", "residual")]
+        widths += [u[n].in_layout.size for n in ("layernorm", "softmax", "attnv", "residual")]
+        return max(widths)
+
+    @property
+    def dout_width(self) -> int:
+        u = self.units()
+        return max([self.epilogue_layout.size] + [u[n].out_layout.size for n in ("layernorm", "softmax", "attnv", "residual")])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Accelerator(Component):
+    """The top: ``cmd``, ``din`` and ``dout`` streams; ``busy`` while a command is in flight."""
+
+    def __init__(self, config: TopConfig):
+        self._config = config
+        super().__init__({
+            "cmd": In(stream.Signature(config.cmd_layout)),
+            "din": In(stream.Signature(unsigned(config.din_width))),
+            "dout": Out(stream.Signature(unsigned(config.dout_width))),
+            "busy": Out(1),
+        })
+
+    @property
+    def config(self) -> TopConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        u = cfg.units()
+        R, C = cfg.rows, cfg.cols
+
+        m.submodules.array = array = SystolicArray(u["systolic"])
+        m.submodules.requant = requant = Requantizer(u["requant"])
+        m.submodules.gelu = gelu = Gelu(u["gelu"])
+        units = {
+            UnitId.LAYERNORM: LayerNormUnit(u["layernorm"]),
+            UnitId.SOFTMAX: LisSoftmax(u["softmax"]),
+            UnitId.ATTNV: AttnV(u["attnv"]),
+            UnitId.RESIDUAL: ResidualAdder(u["residual"]),
+        }
+        for uid, unit in units.items():
+            m.submodules[uid.name.lower()] = unit
+        param_ports = {UnitId.REQUANT: requant.params, UnitId.GELU: gelu.params,
+                       **{uid: units[uid].params for uid in PARAM_UNITS if uid in units}}
+
+        m.submodules.abuf = abuf = Memory(shape=data.ArrayLayout(unsigned(8), R), depth=cfg.act_words, init=[])
+        m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(unsigned(8), C), depth=cfg.weight_words, init=[])
+
+        # Command state: the command in flight and what it still has to take and give.
+        cur = Signal(cfg.cmd_layout)
+        busy = Signal()
+        in_left = Signal(COUNT_BITS)
+        out_left = Signal(COUNT_BITS)
+        ptr = Signal(cur.addr.shape())  # LOAD_*: next write address
+        issuing = Signal()  # MATMUL: operand beats still to issue
+        m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
+
+        # MATMUL issue counters: tile t, step k, weight address (tiles are contiguous in wbuf).
+        t = Signal(cur.tiles.shape())
+        k = Signal(cur.k.shape())
+        wptr = Signal(cur.waddr.shape())
+        rtile = Signal(cur.tiles.shape())  # result tiles already handed to the requantizer
+
+        with m.If(self.cmd.valid & self.cmd.ready):
+            p = self.cmd.payload
+            m.d.sync += [
+                cur.eq(p), busy.eq(1), in_left.eq(p.count), out_left.eq(p.out_count), ptr.eq(p.addr),
+                issuing.eq((p.op == Op.MATMUL) & (p.tiles != 0) & (p.k != 0)),
+                t.eq(0), k.eq(0), wptr.eq(p.waddr), rtile.eq(0),
+            ]
+        with m.Elif(busy & (in_left == 0) & (out_left == 0) & ~issuing):
+            m.d.sync += busy.eq(0)
+
+        # Data in: the current command decides where a word goes.
+        take = busy & (in_left != 0)
+        din_ready = Signal()
+        m.d.comb += self.din.ready.eq(din_ready)
+        din_fire = self.din.valid & din_ready
+        with m.If(din_fire):
+            m.d.sync += [in_left.eq(in_left - 1), ptr.eq(ptr + 1)]
+
+        awp, wwp = abuf.write_port(), wbuf.write_port()
+        m.d.comb += [awp.addr.eq(ptr), awp.data.eq(self.din.payload[:R * 8]),
+                     wwp.addr.eq(ptr), wwp.data.eq(self.din.payload[:C * 8])]
+
+        dout_valid = Signal()
+        dout_payload = Signal(cfg.dout_width)
+        open_out = busy & (out_left != 0)
+        m.d.comb += [self.dout.valid.eq(dout_valid & open_out), self.dout.payload.eq(dout_payload)]
+        with m.If(self.dout.valid & self.dout.ready):
+            m.d.sync += out_left.eq(out_left - 1)
+
+        for uid, port in param_ports.items():
+            m.d.comb += port.payload.eq(self.din.payload[:port.payload.shape().size])
+        for unit in units.values():
+            m.d.comb += unit.inp.payload.eq(self.din.payload[:unit.inp.payload.shape().size])
+
+        with m.Switch(cur.op):
+            with m.Case(Op.LOAD_ACT):
+                m.d.comb += [din_ready.eq(take), awp.en.eq(din_fire)]
+            with m.Case(Op.LOAD_WEIGHT):
+                m.d.comb += [din_ready.eq(take), wwp.en.eq(din_fire)]
+            with m.Case(Op.PARAMS):
+                with m.Switch(cur.unit):
+                    for uid, port in param_ports.items():
+                        with m.Case(uid):
+                            m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
+            with m.Case(Op.STREAM):
+                with m.Switch(cur.unit):
+                    for uid, unit in units.items():
+                        with m.Case(uid):
+                            m.d.comb += [
+                                din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
+                                dout_valid.eq(unit.out.valid), unit.out.ready.eq(self.dout.ready & open_out),
+                                dout_payload.eq(unit.out.payload.as_value()),
+                            ]
+            with m.Case(Op.MATMUL):
+                m.d.comb += [
+                    dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(self.dout.ready & open_out),
+                ]
+
+        # MATMUL operand issue: one stall-together stage, the buffers' read ports hold their data
+        # while the array is not ready.
+        ops = array.operands
+        v1 = Signal()
+        last1 = Signal()
+        cols1 = Signal(ops.payload.cols.shape())
+        issue_en = ~v1 | ops.ready
+        arp, wrp = abuf.read_port(), wbuf.read_port()
+        m.d.comb += [arp.addr.eq(cur.addr + k), wrp.addr.eq(wptr), arp.en.eq(issue_en), wrp.en.eq(issue_en)]
+        last_k = k == cur.k - 1
+        last_t = t == cur.tiles - 1
+        with m.If(issue_en):
+            m.d.sync += [v1.eq(issuing), last1.eq(last_k), cols1.eq(Mux(last_t, cur.last_cols, C))]
+            with m.If(issuing):
+                m.d.sync += [wptr.eq(wptr + 1), k.eq(Mux(last_k, 0, k + 1))]
+                with m.If(last_k):
+                    m.d.sync += t.eq(t + 1)
+                    with m.If(last_t):
+                        m.d.sync += issuing.eq(0)
+        m.d.comb += [
+            ops.valid.eq(v1),
+            ops.payload.a.eq(arp.data), ops.payload.b.eq(wrp.data),
+            ops.payload.a_zero.eq(cur.a_zero), ops.payload.b_zero.eq(cur.b_zero),
+            ops.payload.a_signed.eq(0), ops.payload.b_signed.eq(cur.b_signed),
+            ops.payload.last.eq(last1), ops.payload.rows.eq(cur.rows), ops.payload.cols.eq(cols1),
+        ]
+
+        # Epilogue: array -> requantizer (channel group of the result tile) -> GELU table -> dout.
+        res, rq = array.results, requant.inp
+        m.d.comb += [
+            rq.valid.eq(res.valid), res.ready.eq(rq.ready),
+            rq.payload.data.eq(res.payload.data), rq.payload.keep.eq(res.payload.keep),
+            rq.payload.last.eq(res.payload.last), rq.payload.group.eq(cur.group + rtile),
+            rq.payload.zero.eq(cur.zero), rq.payload.wide.eq(cur.wide),
+        ]
+        with m.If(res.valid & res.ready & res.payload.last):
+            m.d.sync += rtile.eq(rtile + 1)
+        # GELU is a one-stage stall-together pipeline: `side` holds the requantized row beside it.
+        side = Signal(data.ArrayLayout(signed(32), C))
+        m.d.comb += [
+            gelu.inp.valid.eq(requant.out.valid), requant.out.ready.eq(gelu.inp.ready),
+            gelu.inp.payload.keep.eq(requant.out.payload.keep), gelu.inp.payload.last.eq(requant.out.payload.last),
+        ]
+        for lane in range(C):
+            m.d.comb += gelu.inp.payload.data[lane].eq(requant.out.payload.data[lane][:8])
+            with m.If(gelu.inp.ready):
+                m.d.sync += side[lane].eq(requant.out.payload.data[lane])
+        epilogue = Signal(cfg.epilogue_layout)
+        m.d.comb += [epilogue.data.eq(side), epilogue.gelu.eq(gelu.out.payload.data),
+                     epilogue.keep.eq(gelu.out.payload.keep), epilogue.last.eq(gelu.out.payload.last)]
+        with m.If(cur.op == Op.MATMUL):
+            m.d.comb += dout_payload.eq(epilogue.as_value())
+        return m

@@ -1,0 +1,141 @@
+"""A simulation-only host for the accelerator top: host memories and a DMA that never wait on Python.
+
+The harness wraps ``hw.top.Accelerator`` with three memories: commands and data words that it
+reads from ``cmd.hex`` / ``din.hex`` (``$readmemh``) and streams into the top one word per cycle,
+and the result words it collects and writes to ``dout.hex`` (``$writememh``). The Python side
+(``HostLink``) only writes the files, pulses ``load``, raises ``go`` and awaits ``done``: the RTL
+then runs on its own, at the simulator's speed, for the whole program. This is plain Verilog
+because Amaranth has no file I/O; it is test infrastructure, never synthesized.
+"""
+
+import os
+from pathlib import Path
+
+from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+
+from hw.top import TopConfig
+
+__all__ = ["CMD_DEPTH", "DIN_DEPTH", "DOUT_DEPTH", "harness_name", "harness_verilog", "HostLink"]
+
+CMD_DEPTH = 1 << 14
+DIN_DEPTH = 1 << 20
+DOUT_DEPTH = 1 << 18
+
+_TEMPLATE = """
+module {name} (
+    input clk,
+    input rst,
+    input load,               // pulse: read cmd.hex and din.hex, rewind
+    input go,                 // level: stream while high
+    input dump,               // pulse: write the n_out result words to dout.hex
+    input [31:0] n_cmd,
+    input [31:0] n_din,
+    output reg [31:0] cmd_ptr,
+    output reg [31:0] din_ptr,
+    output reg [31:0] n_out,
+    output reg [63:0] cycles,
+    output done
+);
+    reg [{cw}-1:0] cmd_mem [0:{cmd_depth}-1];
+    reg [{dw}-1:0] din_mem [0:{din_depth}-1];
+    reg [{ow}-1:0] dout_mem [0:{dout_depth}-1];
+    wire cmd_valid = go && cmd_ptr < n_cmd;
+    wire din_valid = go && din_ptr < n_din;
+    wire cmd_ready, din_ready, dout_valid, busy;
+    wire [{ow}-1:0] dout_payload;
+    assign done = go && cmd_ptr == n_cmd && din_ptr == n_din && !busy;
+
+    {top} top (
+        .clk(clk), .rst(rst),
+        .cmd__valid(cmd_valid), .cmd__ready(cmd_ready), .cmd__payload(cmd_mem[cmd_ptr[{cmd_bits}-1:0]]),
+        .din__valid(din_valid), .din__ready(din_ready), .din__payload(din_mem[din_ptr[{din_bits}-1:0]]),
+        .dout__valid(dout_valid), .dout__ready(go), .dout__payload(dout_payload),
+        .busy(busy)
+    );
+
+    always @(posedge clk) begin
+        if (load) begin
+            $readmemh("cmd.hex", cmd_mem);
+            if (n_din != 0) $readmemh("din.hex", din_mem);
+            cmd_ptr <= 0;
+            din_ptr <= 0;
+            n_out <= 0;
+            cycles <= 0;
+        end else if (go && !done) begin
+            cycles <= cycles + 1;
+            if (cmd_valid && cmd_ready) cmd_ptr <= cmd_ptr + 1;
+            if (din_valid && din_ready) din_ptr <= din_ptr + 1;
+            if (dout_valid) begin
+                dout_mem[n_out[{dout_bits}-1:0]] <= dout_payload;
+                n_out <= n_out + 1;
+            end
+        end
+        if (dump && n_out != 0) $writememh("dout.hex", dout_mem, 0, n_out - 1);
+    end
+endmodule
+"""
+
+
+def harness_name(cfg: TopConfig) -> str:
+    return f"{cfg.name}_host"
+
+
+def harness_verilog(cfg: TopConfig, top_verilog: str) -> str:
+    """One Verilog file: the generated top and the harness around it."""
+    return top_verilog + _TEMPLATE.format(
+        name=harness_name(cfg), top=cfg.name, cw=cfg.cmd_layout.size, dw=cfg.din_width, ow=cfg.dout_width,
+        cmd_depth=CMD_DEPTH, din_depth=DIN_DEPTH, dout_depth=DOUT_DEPTH,
+        cmd_bits=CMD_DEPTH.bit_length() - 1, din_bits=DIN_DEPTH.bit_length() - 1,
+        dout_bits=DOUT_DEPTH.bit_length() - 1)
+
+
+def _write_hex(path: Path, words: list[int]) -> None:
+    path.write_text("".join(f"{w:x}\n" for w in words))
+
+
+class HostLink:
+    """Runs programs (command words, data words) on the harness from a cocotb test."""
+
+    def __init__(self, dut, workdir: Path | None = None):
+        self.dut = dut
+        self.workdir = Path(workdir or os.getcwd())  # $readmemh names are relative to the simulator's cwd
+        dut.load.value = 0
+        dut.go.value = 0
+        dut.dump.value = 0
+
+    async def _pulse(self, signal) -> None:
+        signal.value = 1
+        await RisingEdge(self.dut.clk)
+        signal.value = 0
+
+    async def run(self, cmds: list[int], din: list[int], out_words: int, max_cycles: int) -> tuple[list[int], int]:
+        """Stream a program through the top; returns its result words and the cycles it took."""
+        if not cmds or len(cmds) > CMD_DEPTH or len(din) > DIN_DEPTH or out_words > DOUT_DEPTH:
+            raise ValueError(f"program of {len(cmds)} commands, {len(din)} data and {out_words} result words "
+                             f"does not fit the host memories ({CMD_DEPTH}, {DIN_DEPTH}, {DOUT_DEPTH})")
+        dut = self.dut
+        _write_hex(self.workdir / "cmd.hex", cmds)
+        if din:
+            _write_hex(self.workdir / "din.hex", din)
+        dut.n_cmd.value = len(cmds)
+        dut.n_din.value = len(din)
+        await self._pulse(dut.load)
+        dut.go.value = 1
+        try:
+            await with_timeout(RisingEdge(dut.done), max_cycles * 10, "ns")
+        except Exception as err:  # SimTimeoutError: report where the program stopped
+            raise RuntimeError(
+                f"the accelerator did not finish within {max_cycles} cycles: {int(dut.cmd_ptr.value)} of {len(cmds)} "
+                f"commands and {int(dut.din_ptr.value)} of {len(din)} data words taken, {int(dut.n_out.value)} of "
+                f"{out_words} results given") from err
+        dut.go.value = 0
+        await ClockCycles(dut.clk, 1)
+        cycles, n_out = int(dut.cycles.value), int(dut.n_out.value)
+        if n_out != out_words:
+            raise RuntimeError(f"the accelerator gave {n_out} result words, the program expects {out_words}")
+        words = []
+        if n_out:
+            await self._pulse(dut.dump)
+            await ClockCycles(dut.clk, 1)
+            words = [int(line, 16) for line in (self.workdir / "dout.hex").read_text().split()]
+        return words, cycles

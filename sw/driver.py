@@ -1,0 +1,141 @@
+"""The host driver: runs an exported integer ViT on a backend and compares every tensor.
+
+    plan(...)      compile every op against the top configuration (errors before any build) and
+                   compute the integer reference's output and trace
+    run_ref(...)   the ``ref`` backend: the integer reference itself
+    run_sim(...)   the ``sim`` backend: build the Verilated top (cached) and run the model on it
+                   through cocotb (sw/sim_job.py)
+    compare(...)   every traced intermediate of a backend against the reference, bit for bit
+"""
+
+import json
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from calib.export import IntModel
+from calib.intref import vit
+from calib.intref.blocks import REF
+from calib.intref.softmax import LIS_RULES
+from hw.top import Accelerator, TopConfig
+from rtl_gen import generate
+from sim import toolchain
+from sim.host import harness_name, harness_verilog
+
+from .compiler import CompileError, Compiler
+from .ops import PlanOps
+
+__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "run_ref", "run_sim", "compare"]
+
+
+@dataclass
+class Run:
+    out: torch.Tensor
+    trace: dict
+    stats: dict = field(default_factory=dict)  # op kind -> calls, cycles, macs, array_beats, din_words
+    cycles: int | None = None
+    sim_seconds: float | None = None
+    wall_s: float = 0.0
+
+
+def top_config(im: IntModel, rows: int, cols: int, **buffers) -> TopConfig:
+    """The top for this model: its LIS rule, and memories for its widest layer and longest row."""
+    if im.arch != "vit":
+        raise CompileError(f"the accelerator driver runs ViT/DeiT models; {im.model!r} is a {im.arch} model "
+                           f"(Swin's window attention is not compiled yet)")
+    if not im.quant["lis"]:
+        raise CompileError("the accelerator implements the 4-bit LIS softmax only; quantize the model with LIS (--lis)")
+    num_den = (im.i("blocks.0.attn.softmax.num"), im.i("blocks.0.attn.softmax.den"))
+    rules = {v: k for k, v in LIS_RULES.items()}
+    c = im.config
+    widest = max(c["mlp_hidden"], 3 * c["embed_dim"], c["tokens"], c["num_classes"])
+    return TopConfig(rows, cols, max_channels=max(1024, 1 << (widest - 1).bit_length()),
+                     max_keys=max(256, 1 << (c["tokens"] - 1).bit_length()), softmax_rule=rules[num_den], **buffers)
+
+
+def check_images(im: IntModel, codes: torch.Tensor) -> None:
+    c = im.config
+    want = (c["in_chans"], *c["img_size"])
+    if codes.dim() != 4 or tuple(codes.shape[1:]) != tuple(want):
+        raise CompileError(f"images are {tuple(codes.shape[1:])} (C, H, W); {im.model} takes {want}")
+
+
+def plan(im: IntModel, codes: torch.Tensor, cfg: TopConfig, depth: int) -> tuple[Run, int]:
+    """The reference run (output and trace) and the number of ops, every op compiled for `cfg`."""
+    check_images(im, codes)
+    ops = PlanOps(Compiler(cfg))
+    trace = {}
+    t0 = time.perf_counter()
+    out = vit.forward(im, codes, trace, ops, depth)
+    run = Run(out, trace, {k: dict(v) for k, v in ops.stats.items()}, wall_s=time.perf_counter() - t0)
+    return run, sum(s["calls"] for s in ops.stats.values())
+
+
+def run_ref(im: IntModel, codes: torch.Tensor, depth: int) -> Run:
+    check_images(im, codes)
+    trace = {}
+    t0 = time.perf_counter()
+    out = vit.forward(im, codes, trace, REF, depth)
+    return Run(out, trace, wall_s=time.perf_counter() - t0)
+
+
+def build_sim(cfg: TopConfig) -> toolchain.Build:
+    """Generate the top's Verilog and its host harness, and compile them with Verilator (cached)."""
+    top = generate(Accelerator(cfg), "top", cfg.timing())
+    return toolchain.build(harness_verilog(cfg, top.verilog), harness_name(cfg))
+
+
+def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
+            on_progress=None) -> Run:
+    """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it runs."""
+    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp:
+        tmp = Path(tmp)
+        job = {"model": str(Path(model_path).resolve()), "codes": str(tmp / "codes.pt"), "top": cfg.to_dict(),
+               "depth": depth, "progress": str(tmp / "progress"), "result": str(tmp / "result.pt")}
+        torch.save(codes, job["codes"])
+        (tmp / "job.json").write_text(json.dumps(job))
+        failure = []
+
+        def simulate():
+            try:
+                toolchain.run_tests(compiled, "sw.sim_job", extra_env={"FQVIT_SIM_JOB": str(tmp / "job.json")},
+                                    test_dir=tmp / "run", log_file=tmp / "sim.log")
+            except Exception as err:  # reported below, with the simulator's log
+                failure.append(err)
+
+        t0 = time.perf_counter()
+        worker = threading.Thread(target=simulate)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            if on_progress and (tmp / "progress").is_file():
+                text = (tmp / "progress").read_text()
+                if text:
+                    on_progress(int(text))
+        wall = time.perf_counter() - t0
+        if failure:
+            log = (tmp / "sim.log").read_text(errors="replace") if (tmp / "sim.log").is_file() else ""
+            tail = "\n".join(line for line in log.splitlines() if "Error" in line or "error" in line)[-3000:]
+            raise RuntimeError(f"the simulation failed: {failure[0]}\n{tail}")
+        result = torch.load(job["result"])
+    return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"], wall)
+
+
+def compare(reference: dict, got: dict) -> dict:
+    """Per traced tensor: elements compared and mismatching. Tensors missing on either side count
+    as entirely mismatching."""
+    report = {}
+    for name, want in reference.items():
+        have = got.get(name)
+        if have is None or tuple(have.shape) != tuple(want.shape):
+            report[name] = {"elements": want.numel(), "mismatches": want.numel()}
+            continue
+        report[name] = {"elements": want.numel(),
+                        "mismatches": int((have.to(torch.int64) != want.to(torch.int64)).sum())}
+    for name in got.keys() - reference.keys():
+        report[name] = {"elements": got[name].numel(), "mismatches": got[name].numel()}
+    return report
