@@ -100,6 +100,7 @@ def _units() -> dict:
     from hw.requant import RequantConfig, Requantizer
     from hw.residual import ResidualAdder, ResidualConfig
     from hw.softmax import LisSoftmax, SoftmaxConfig
+    from hw.top import Accelerator, TopConfig
 
     return {
         "systolic": (SystolicConfig, SystolicArray),
@@ -109,6 +110,7 @@ def _units() -> dict:
         "layernorm": (LayerNormConfig, LayerNormUnit),
         "softmax": (SoftmaxConfig, LisSoftmax),
         "attnv": (AttnVConfig, AttnV),
+        "top": (TopConfig, Accelerator),
     }
 
 

@@ -2,6 +2,7 @@
 
     python -m rtl_gen --rows 8 --cols 8 --out build/rtl             # the systolic array
     python -m rtl_gen --unit layernorm --set max_channels=768       # any unit, config fields by name
+    python -m rtl_gen --unit top --rows 8 --cols 8                  # the accelerator top
     python -m rtl_gen --all --out build/rtl                         # every unit, default configs
 """
 
@@ -30,7 +31,7 @@ def build_config(unit: str, settings: list[str], rows: int, cols: int):
     """The unit's config from `key=value` settings, converted to each field's declared type."""
     cls = config_class(unit)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {"rows": rows, "cols": cols} if unit == "systolic" else {}
+    values = {"rows": rows, "cols": cols} if unit in ("systolic", "top") else {}
     for item in settings:
         key, sep, text = item.partition("=")
         if not sep or key not in fields:

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -185,19 +184,7 @@ def test_model_errors(tmp_path):
         load_checkpoint(model, tmp_path / "junk.pth")
 
 
-def make_imagefolder(root, size=40, per_class=3):
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = torch.randint(0, 256, (size, size + 8, 3), generator=g, dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(d / f"{i}.png")
-    return root
-
-
-def test_imagefolder_path_and_cli(tmp_path, capsys):
+def test_imagefolder_path_and_cli(tmp_path, capsys, make_imagefolder):
     root = make_imagefolder(tmp_path / "imagenet")
     model = tiny_vit()
     data = imagefolder_data(root, model, calib_images=4, calib_batch=2, batch_size=2)

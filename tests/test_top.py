@@ -1,0 +1,102 @@
+"""The accelerator top's configuration and the compiler's checks, without a simulator."""
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from calib.config import QuantConfig
+from calib.data import synthetic_data
+from calib.intref import vit
+from calib.pipeline import calibrate, quantize_model
+from hw.top import Accelerator, Op, TopConfig
+from rtl_gen import generate
+from sim.payload import PayloadCodec
+from sw import driver
+from sw.compiler import CompileError, Compiler
+
+
+def tiny_vit_model(tmp_path, cfg=QuantConfig(lis_rule="nearest")):
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2,
+                              num_heads=2, mlp_ratio=2, qkv_bias=True).eval()
+    data = synthetic_data(model, calib_images=4, images=2, batch_size=2)
+    sim = calibrate(model, cfg, data, progress=False)
+    im = quantize_model(model, sim, "tiny", tmp_path / "m.fqvit.safetensors")
+    codes = im.quantize_input(next(iter(data.test))[0])
+    return im, codes
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"rows": 0}, "top rows must be an integer in 1..32, got 0"),
+    ({"cols": 33}, "top cols must be an integer in 1..32, got 33"),
+    ({"act_kib": 0}, "top act_kib"),
+    ({"max_keys": 5000}, "top max_keys"),
+    ({"softmax_rule": "round"}, "rule"),
+])
+def test_config_is_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TopConfig(**fields)
+
+
+def test_top_generates_with_its_ports_and_command_layout():
+    cfg = TopConfig(rows=4, cols=6)
+    g = generate(Accelerator(cfg), "top", cfg.timing())
+    ports = {p["name"]: p["width"] for p in g.manifest["ports"]}
+    assert ports["cmd__payload"] == cfg.cmd_layout.size
+    assert ports["din__payload"] == cfg.din_width and ports["dout__payload"] == cfg.dout_width
+    assert f"module {cfg.name}(" in g.verilog
+    # the command codec round-trips an enum-valued command
+    codec = PayloadCodec(cfg.cmd_layout)
+    word = Compiler(cfg).encode_commands([{"op": Op.MATMUL, "k": 17, "tiles": 3, "a_zero": -5}])
+    back = codec.decode(word)
+    assert back["op"][0] == Op.MATMUL.value and back["k"][0] == 17 and back["a_zero"][0] == -5
+
+
+def test_plan_checks_every_op_against_the_buffers(tmp_path):
+    im, codes = tiny_vit_model(tmp_path)
+    ok = driver.top_config(im, 4, 6)
+    reference, ops = driver.plan(im, codes, ok, im.config["depth"])
+    assert ops == 2 + 2 * 11 + 2  # embed, pos add; 11 ops a block (fc1 carries GELU); final norm, head
+    assert torch.equal(reference.out, vit.forward(im, codes))
+    with pytest.raises(CompileError, match="does not fit the activation buffer"):
+        driver.plan(im, codes, TopConfig(32, 8, act_kib=1, softmax_rule="nearest"), 2)  # 32 words < K = 48
+    with pytest.raises(CompileError, match="does not fit the weight buffer"):
+        driver.plan(im, codes, TopConfig(8, 32, weight_kib=1, softmax_rule="nearest"), 2)  # 32 words < K = 48
+    with pytest.raises(CompileError, match="exceed the requantizer's max_channels"):
+        driver.plan(im, codes, TopConfig(8, 8, max_channels=64, softmax_rule="nearest"), 2)  # qkv: 96
+    with pytest.raises(CompileError, match="exceed max_keys"):
+        driver.plan(im, codes, TopConfig(8, 8, max_keys=8, softmax_rule="nearest"), 2)  # 17 keys
+    with pytest.raises(CompileError, match="LIS rule"):
+        driver.plan(im, codes, TopConfig(8, 8, softmax_rule="fqvit"), 2)
+    with pytest.raises(CompileError, match=r"images are \(3, 8, 8\)"):
+        driver.plan(im, codes[:, :, :8, :8], ok, 2)
+
+
+def test_models_the_hardware_cannot_run_are_refused(tmp_path):
+    im, _ = tiny_vit_model(tmp_path, QuantConfig(lis=False))
+    with pytest.raises(CompileError, match="LIS softmax only"):
+        driver.top_config(im, 8, 8)
+
+
+def test_compare_counts_every_differing_element():
+    ref = {"a": torch.arange(6).reshape(2, 3), "b": torch.zeros(4, dtype=torch.int32)}
+    got = {"a": ref["a"].clone(), "b": ref["b"].clone()}
+    assert sum(t["mismatches"] for t in driver.compare(ref, got).values()) == 0
+    got["a"][1, 2] += 1
+    got["b"] = got["b"][:3]
+    report = driver.compare(ref, got)
+    assert report["a"]["mismatches"] == 1 and report["b"]["mismatches"] == 4  # a wrong shape counts in full
+    assert driver.compare(ref, {"a": ref["a"]})["b"]["mismatches"] == 4  # so does a missing tensor
+
+
+def test_linear_program_accounting(tmp_path):
+    """One weight load per chunk of tiles, one slab load and MATMUL per R tokens, one result word
+    per token and tile."""
+    cfg = TopConfig(4, 6, weight_kib=1, softmax_rule="nearest")  # 170 words: 3 tiles of K = 48 per load
+    x = torch.randint(0, 256, (10, 48))
+    w = torch.randint(-128, 128, (20, 48))
+    prog = Compiler(cfg).linear(x, w, 3, None, torch.full((20,), 1 << 15), torch.full((20,), 20), 0, False)
+    ops = [c["op"] for c in prog.commands]
+    assert ops.count(Op.LOAD_WEIGHT) == 2 and ops.count(Op.MATMUL) == 2 * 3  # tiles 0-2, 3; slabs 4+4+2
+    assert prog.out_words == 10 * 4 and prog.macs == 10 * 20 * 48
+    assert prog.array_beats == 3 * (3 * 48) + 3 * 48
