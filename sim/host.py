@@ -11,7 +11,7 @@ because Amaranth has no file I/O; it is test infrastructure, never synthesized.
 import os
 from pathlib import Path
 
-from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
 
 from hw.top import TopConfig
 
@@ -123,7 +123,7 @@ class HostLink:
         dut.go.value = 1
         try:
             await with_timeout(RisingEdge(dut.done), max_cycles * 10, "ns")
-        except Exception as err:  # SimTimeoutError: report where the program stopped
+        except SimTimeoutError as err:  # report where the program stopped
             raise RuntimeError(
                 f"the accelerator did not finish within {max_cycles} cycles: {int(dut.cmd_ptr.value)} of {len(cmds)} "
                 f"commands and {int(dut.din_ptr.value)} of {len(din)} data words taken, {int(dut.n_out.value)} of "

@@ -22,6 +22,8 @@ import torch
 from hw.top import COUNT_BITS, Op, TopConfig, UnitId
 from sim.payload import PayloadCodec
 
+from .lanes import bank_addresses, from_lanes, lane_beats
+
 __all__ = ["CompileError", "Program", "Compiler"]
 
 STREAM_BEATS = 1 << 16  # beats per STREAM command, so a program splits into host-memory-sized runs
@@ -145,9 +147,8 @@ class Compiler:
         if n > self.cfg.max_channels:
             raise CompileError(f"{what}: {n} output channels exceed the requantizer's max_channels "
                                f"({self.cfg.max_channels})")
-        ch = np.arange(n)
         self._params(prog, "requant", UnitId.REQUANT, {
-            "lane": ch % self.cfg.cols, "group": ch // self.cfg.cols,
+            **bank_addresses(n, self.cfg.cols),
             "bias": np.broadcast_to(np.asarray(bias, dtype=np.int64), (n,)),
             "mult": np.broadcast_to(np.asarray(mult, dtype=np.int64), (n,)),
             "shift": np.broadcast_to(np.asarray(shift, dtype=np.int64), (n,)),
@@ -267,30 +268,16 @@ class Compiler:
         c = a.shape[-1]
         if c > cfg.max_channels:
             raise CompileError(f"residual add: {c} channels exceed max_channels ({cfg.max_channels})")
-        L = cfg.lanes
-        groups = -(-c // L)
         prog = Program("add")
-        ch = np.arange(c)
-        self._params(prog, "residual", UnitId.RESIDUAL, {"lane": ch % L, "group": ch // L,
-                                                          "ma": ma.numpy(), "mb": mb.numpy()})
-        a2, b2 = a.reshape(-1, c).numpy(), torch.broadcast_to(b, a.shape).reshape(-1, c).numpy()
-        tokens = a2.shape[0]
-        pad = np.zeros((tokens, groups * L), dtype=np.int64)
-
-        def lanes_of(rows):
-            p = pad.copy()
-            p[:, :c] = rows
-            return p.reshape(-1, L)
-        real = (np.arange(groups * L) < c).reshape(groups, L)
-        beats = tokens * groups
-        fields = {"a": lanes_of(a2), "b": lanes_of(b2), "keep": np.tile((real * (1 << np.arange(L))).sum(1), tokens),
-                  "last": np.tile(np.arange(groups) == groups - 1, tokens).astype(np.int64),
-                  "group": np.tile(np.arange(groups), tokens), "a_zero": np.full(beats, z_a),
-                  "b_zero": np.full(beats, z_b), "zero": np.full(beats, z_out), "shift": np.full(beats, shift)}
+        self._params(prog, "residual", UnitId.RESIDUAL, {**bank_addresses(c, cfg.lanes), "ma": ma.numpy(),
+                                                          "mb": mb.numpy()})
+        a2 = a.reshape(-1, c)
+        fields = lane_beats(a2, cfg.lanes)
+        beats = len(fields["data"])
+        fields.update(a=fields.pop("data"), b=lane_beats(torch.broadcast_to(b, a.shape).reshape(-1, c), cfg.lanes)["data"],
+                      a_zero=np.full(beats, z_a), b_zero=np.full(beats, z_b), zero=np.full(beats, z_out),
+                      shift=np.full(beats, shift))
+        groups = beats // a2.shape[0]
         self._stream(prog, "residual", UnitId.RESIDUAL, fields, groups, groups)
-
-        def decode(words):
-            data = self.codecs["residual"][2].decode(words)["data"].reshape(tokens, groups * L)[:, :c]
-            return torch.from_numpy(np.ascontiguousarray(data)).reshape(a.shape)
-        prog.decode = decode
+        prog.decode = lambda words: from_lanes(self.codecs["residual"][2].decode(words)["data"], c).reshape(a.shape)
         return prog

@@ -19,6 +19,7 @@ import torch
 from cocotb.triggers import with_timeout
 
 from sim.streams import StreamSink, StreamSource
+from sw.lanes import bank_addresses, from_lanes, lane_beats
 from sim.tb.common import PERIOD_NS
 
 __all__ = ["DIGITS_ENV", "lane_beats", "bank_addresses", "from_lanes", "save_digits", "Digits", "Layer", "run_layers",
@@ -34,35 +35,6 @@ DIGITS_INTS = ("resid.1.shift", *(f"zero.{p}" for p in ("resid.0", "blocks.0.att
                                                         "blocks.0.mlp.fc1", "norm")))
 DIGITS_TRACE = ("blocks.0.mlp.fc1", "blocks.0.mlp.gelu", "resid.0", "blocks.0.attn.proj", "resid.1",
                 "blocks.0.norm2", "norm", "logits")
-
-
-def lane_beats(rows: torch.Tensor, lanes: int) -> dict[str, np.ndarray]:
-    """`rows` [N, C] -> beat fields ``data`` [N*G, lanes] (padding lanes 0), ``keep``, ``last``, ``group``."""
-    n, c = rows.shape
-    groups = -(-c // lanes)
-    padded = np.zeros((n, groups * lanes), dtype=np.int64)
-    padded[:, :c] = rows.numpy()
-    real = np.arange(groups * lanes).reshape(groups, lanes) < c
-    keep = (real * (1 << np.arange(lanes))).sum(axis=1)
-    return {
-        "data": padded.reshape(n * groups, lanes),
-        "keep": np.tile(keep, n),
-        "last": np.tile(np.arange(groups) == groups - 1, n).astype(np.int64),
-        "group": np.tile(np.arange(groups), n),
-    }
-
-
-def bank_addresses(channels: int, lanes: int) -> dict[str, np.ndarray]:
-    """``lane`` and ``group`` of every channel's parameter entry."""
-    n = np.arange(channels)
-    return {"lane": n % lanes, "group": n // lanes}
-
-
-def from_lanes(data: np.ndarray, channels: int) -> torch.Tensor:
-    """Output lanes [N*G, lanes] back to rows [N, channels] (the inverse of ``lane_beats``)."""
-    lanes = data.shape[1]
-    groups = -(-channels // lanes)
-    return torch.from_numpy(data.reshape(-1, groups * lanes)[:, :channels].copy())
 
 
 def save_digits(path) -> None:
