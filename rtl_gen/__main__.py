@@ -4,6 +4,7 @@
     python -m rtl_gen --unit layernorm --set max_channels=768       # any unit, config fields by name
     python -m rtl_gen --unit top --rows 8 --cols 8                  # the accelerator top
     python -m rtl_gen --all --out build/rtl                         # every unit, default configs
+    python -m rtl_gen --unit top --synth ecp5 --json report.json    # resources and fmax on an LFE5U-85F
 """
 
 import argparse
@@ -54,7 +55,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cols", type=dimension, default=8, help="systolic array columns C (default 8)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field of --unit")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
+    parser.add_argument("--synth", choices=["ecp5"], help="also synthesize, place and route for an LFE5U-85F (minutes)")
+    parser.add_argument("--json", type=Path, help="with --synth: write the resource and fmax report here")
     args = parser.parse_args(argv)
+    if args.json and not args.synth:
+        parser.error("--json needs --synth ecp5")
+    if args.synth and args.all:
+        parser.error("--synth takes one --unit; `python -m rtl_gen.synth` reports every unit")
 
     try:
         units = unit_names() if args.all else [args.unit]
@@ -70,6 +77,18 @@ def main(argv=None) -> int:
         parser.exit(2, f"{parser.prog}: error: cannot write to {args.out}: {err.strerror}\n")
     for g in generated:
         print(f"wrote {args.out / g.name}.v and .json (timing {g.manifest['timing']})")
+    if args.synth:
+        from rtl_gen.synth import report
+
+        print(f"synthesizing, placing and routing {generated[0].name} for the LFE5U-85F ...", flush=True)
+        try:
+            result = report(args.unit, build_config(args.unit, args.set, args.rows, args.cols))
+        except RuntimeError as err:
+            parser.exit(1, f"{parser.prog}: error: {err}\n")
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

