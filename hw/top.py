@@ -139,6 +139,7 @@ class TopConfig:
             "b_signed": unsigned(1),  # weights int8 (1) or activation codes (0, Q.K^T)
             "zero": unsigned(8),  # output zero point
             "wide": unsigned(1),  # int32 outputs (logits)
+            "overlap": unsigned(1),  # LOAD_ACT: may run beside the MATMUL in flight
         })
 
     @property
@@ -206,14 +207,26 @@ class Accelerator(Component):
         m.submodules.abuf = abuf = Memory(shape=data.ArrayLayout(unsigned(8), R), depth=cfg.act_words, init=[])
         m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(unsigned(8), C), depth=cfg.weight_words, init=[])
 
-        # Command state: the command in flight and what it still has to take and give.
+        # Two engines. The load engine runs LOAD_ACT, so the next slab can arrive while a MATMUL
+        # computes on the previous one; the main engine runs everything else. The din stream has
+        # one consumer at a time: a LOAD_ACT starts only while the main engine is idle or in a
+        # MATMUL (which takes no data words), and only if its `overlap` bit allows the latter
+        # (the compiler sets it when the slab goes to the other half of the buffer); every other
+        # command waits for both engines, so a MATMUL also finds its slab complete.
         cur = Signal(cfg.cmd_layout)
         busy = Signal()
         in_left = Signal(COUNT_BITS)
         out_left = Signal(COUNT_BITS)
-        ptr = Signal(cur.addr.shape())  # LOAD_*: next write address
+        wptr_load = Signal(cur.addr.shape())  # LOAD_WEIGHT: next write address
         issuing = Signal()  # MATMUL: operand beats still to issue
-        m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
+        loading = Signal()  # the load engine's LOAD_ACT
+        load_left = Signal(COUNT_BITS)
+        aptr_load = Signal(cur.addr.shape())
+        p = self.cmd.payload
+        is_load_act = p.op == Op.LOAD_ACT
+        load_may_start = ~loading & (~busy | (p.overlap & (cur.op == Op.MATMUL)))
+        m.d.comb += [self.cmd.ready.eq(Mux(is_load_act, load_may_start, ~busy & ~loading)),
+                     self.busy.eq(busy | loading)]
 
         # MATMUL issue counters: tile t, step k, weight address (tiles are contiguous in wbuf).
         t = Signal(cur.tiles.shape())
@@ -221,27 +234,33 @@ class Accelerator(Component):
         wptr = Signal(cur.waddr.shape())
         rtile = Signal(cur.tiles.shape())  # result tiles already handed to the requantizer
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            p = self.cmd.payload
+        accept = self.cmd.valid & self.cmd.ready
+        with m.If(accept & is_load_act):
+            m.d.sync += [loading.eq(p.count != 0), load_left.eq(p.count), aptr_load.eq(p.addr)]
+        with m.Elif(loading & (load_left == 0)):
+            m.d.sync += loading.eq(0)
+        with m.If(accept & ~is_load_act):
             m.d.sync += [
-                cur.eq(p), busy.eq(1), in_left.eq(p.count), out_left.eq(p.out_count), ptr.eq(p.addr),
+                cur.eq(p), busy.eq(1), in_left.eq(p.count), out_left.eq(p.out_count), wptr_load.eq(p.addr),
                 issuing.eq((p.op == Op.MATMUL) & (p.tiles != 0) & (p.k != 0)),
                 t.eq(0), k.eq(0), wptr.eq(p.waddr), rtile.eq(0),
             ]
         with m.Elif(busy & (in_left == 0) & (out_left == 0) & ~issuing):
             m.d.sync += busy.eq(0)
 
-        # Data in: the current command decides where a word goes.
-        take = busy & (in_left != 0)
-        din_ready = Signal()
-        m.d.comb += self.din.ready.eq(din_ready)
+        # Data in: the load engine while it loads, else the main engine's command.
+        take = busy & (in_left != 0)  # never while the load engine takes words (dispatch rules)
+        load_take = loading & (load_left != 0)
+        din_ready = Signal()  # the main engine's
+        m.d.comb += self.din.ready.eq(din_ready | load_take)
         din_fire = self.din.valid & din_ready
-        with m.If(din_fire):
-            m.d.sync += [in_left.eq(in_left - 1), ptr.eq(ptr + 1)]
-
         awp, wwp = abuf.write_port(), wbuf.write_port()
-        m.d.comb += [awp.addr.eq(ptr), awp.data.eq(self.din.payload[:R * 8]),
-                     wwp.addr.eq(ptr), wwp.data.eq(self.din.payload[:C * 8])]
+        m.d.comb += [awp.addr.eq(aptr_load), awp.data.eq(self.din.payload[:R * 8]), awp.en.eq(self.din.valid & load_take),
+                     wwp.addr.eq(wptr_load), wwp.data.eq(self.din.payload[:C * 8])]
+        with m.If(self.din.valid & load_take):
+            m.d.sync += [load_left.eq(load_left - 1), aptr_load.eq(aptr_load + 1)]
+        with m.If(din_fire):
+            m.d.sync += [in_left.eq(in_left - 1), wptr_load.eq(wptr_load + 1)]
 
         dout_valid = Signal()
         dout_payload = Signal(cfg.dout_width)
@@ -256,8 +275,6 @@ class Accelerator(Component):
             m.d.comb += unit.inp.payload.eq(self.din.payload[:unit.inp.payload.shape().size])
 
         with m.Switch(cur.op):
-            with m.Case(Op.LOAD_ACT):
-                m.d.comb += [din_ready.eq(take), awp.en.eq(din_fire)]
             with m.Case(Op.LOAD_WEIGHT):
                 m.d.comb += [din_ready.eq(take), wwp.en.eq(din_fire)]
             with m.Case(Op.PARAMS):

@@ -114,6 +114,7 @@ class Compiler:
             raise CompileError(f"{what}: one weight tile (K = {k} words of {C} codes) does not fit the weight "
                                f"buffer ({cfg.weight_kib} KiB, {cfg.weight_words} words); raise weight_kib")
         tiles = -(-n // C)
+        double = 2 * k <= cfg.act_words
         wt = np.zeros((tiles * C, k), dtype=np.int64)
         wt[:n] = w.numpy()
         xs = x.numpy().astype(np.int64)
@@ -123,10 +124,13 @@ class Compiler:
             wwords = wt[t0 * C:t1 * C].reshape(t1 - t0, C, k).transpose(0, 2, 1).reshape(-1, C)
             prog.add(self._bytes(wwords), op=Op.LOAD_WEIGHT, addr=0)
             last_cols = min(C, n - (t1 - 1) * C)
-            for m0 in range(0, m, R):
+            for slab, m0 in enumerate(range(0, m, R)):
                 rows = min(R, m - m0)
-                prog.add(self._bytes(_lanes(xs[m0:m0 + rows].T, R)), op=Op.LOAD_ACT, addr=0)
-                prog.add([], op=Op.MATMUL, addr=0, waddr=0, k=k, tiles=t1 - t0, group=t0, rows=rows,
+                # Two slabs fit: alternate halves, so each slab loads while the previous one computes.
+                addr = (slab % 2) * k if double else 0
+                prog.add(self._bytes(_lanes(xs[m0:m0 + rows].T, R)), op=Op.LOAD_ACT, addr=addr,
+                         overlap=int(double))
+                prog.add([], op=Op.MATMUL, addr=addr, waddr=0, k=k, tiles=t1 - t0, group=t0, rows=rows,
                          last_cols=last_cols, a_zero=a_zero, b_zero=b_zero, b_signed=int(b_signed), zero=zero,
                          wide=int(wide), out_count=(t1 - t0) * rows)
                 prog.array_beats += (t1 - t0) * k
