@@ -75,3 +75,25 @@ def test_synthesis_report_counts_cells():
     from rtl_gen.synth import synthesize
     row = synthesize("gelu")
     assert row["module"] == "gelu_8l" and row["BRAM (DP16KD)"] == 8 and row["LUT4"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--json", "r.json"], "--json needs --synth ecp5"),
+    (["--all", "--synth", "ecp5"], "--synth takes one --unit"),
+    (["--synth", "vivado"], "invalid choice"),
+])
+def test_cli_refuses_bad_synthesis_requests(args, message, tmp_path):
+    proc = run_cli(*args, "--out", str(tmp_path))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_timing_shell_registers_every_port():
+    from amaranth.back import verilog
+
+    from hw.gelu import Gelu, GeluConfig
+    from rtl_gen.shell import TimingShell
+
+    text = verilog.convert(TimingShell(Gelu(GeluConfig(lanes=2))), name="gelu_shell", emit_src=False)
+    header = text[text.index("module gelu_shell("):].split(";")[0]
+    assert sorted(p.strip() for p in header[header.index("(") + 1:header.index(")")].split(",")) == \
+        ["clk", "load", "rst", "si", "so"]
