@@ -59,10 +59,10 @@ class SystolicConfig:
     @property
     def latency(self) -> int:
         """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled:
-        edge stage, skew and mesh, product register, deskew, the result FIFO."""
+        edge stage, skew and mesh, product register, deskew, the result FIFO and its input register."""
         return self.cols + 1 + 1 + self.FIFO_LATENCY
 
-    FIFO_LATENCY: ClassVar[int] = 2  # SyncFIFOBuffered: its registered output (BRAM-friendly)
+    FIFO_LATENCY: ClassVar[int] = 3  # the input register and SyncFIFOBuffered's registered output
 
     @property
     def fifo_depth(self) -> int:
@@ -280,12 +280,17 @@ class SystolicArray(wiring.Component):
             with m.If(phase == 2 * R - 2):
                 m.d.sync += cur.valid.eq(0)
 
+        # A register in front of the FIFO: its write enable drives every LUT-RAM cell of the
+        # storage, so it must come straight from a flip-flop (it was the critical path).
         push = cur.valid & ~phase[0] & (row < cur.rows)
         entry = Signal(cfg.result_layout)
-        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w_en.eq(push), fifo.w_data.eq(entry.as_value())]
+        push_r = Signal()
+        entry_r = Signal(cfg.result_layout)
+        m.d.sync += [push_r.eq(push), entry_r.eq(entry)]
+        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w_en.eq(push_r), fifo.w_data.eq(entry_r.as_value())]
         for j in range(C):
             m.d.comb += [entry.data[j].eq(row_data[j]), entry.keep[j].eq(j < cur.cols)]
-        m.d.sync += pending.eq(pending + Mux(accept & ops.last, ops.rows, 0) - push)
+        m.d.sync += pending.eq(pending + Mux(accept & ops.last, ops.rows, 0) - push_r)
 
         m.d.comb += [
             self.results.valid.eq(fifo.r_rdy), self.results.payload.eq(fifo.r_data), fifo.r_en.eq(self.results.ready),

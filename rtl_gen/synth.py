@@ -64,7 +64,22 @@ def place_and_route(unit: str, config=None, seed: int = 1, freq: float = 150) ->
               f"{name}.json", "--lpf-allow-unconstrained", "--freq", str(freq), "--timing-allow-fail", "--seed",
               str(seed), "--router", "router2", "--report", "report.json", "--quiet"], tmp, name)
         result = json.loads((Path(tmp) / "report.json").read_text())
-    return {"fmax_mhz": round(min(v["achieved"] for v in result["fmax"].values()), 1), "seed": seed}
+    return {"fmax_mhz": round(min(v["achieved"] for v in result["fmax"].values()), 1), "seed": seed,
+            "critical_path": _critical_path(result)}
+
+
+def _critical_path(result: dict) -> str:
+    """'source -> sink (logic ns, routing ns)' of the clock's critical path in a nextpnr report."""
+    for path in result.get("critical_paths", []):
+        if path.get("from", "").startswith("<async>") or path.get("to", "").startswith("<async>"):
+            continue
+        steps = path.get("path", [])
+        if not steps:
+            continue
+        logic = sum(s.get("delay", 0) for s in steps if s.get("type") != "routing")
+        routing = sum(s.get("delay", 0) for s in steps if s.get("type") == "routing")
+        return f"{steps[0]['from']['cell']} -> {steps[-1]['to']['cell']} ({logic:.2f} ns logic, {routing:.2f} ns routing)"
+    return ""
 
 
 def report(unit: str, config=None, pnr: bool = True) -> dict:
@@ -72,7 +87,12 @@ def report(unit: str, config=None, pnr: bool = True) -> dict:
     row = synthesize(unit, config)
     return {"device": DEVICE, "speed_grade": SPEED_GRADE, "top": row["module"], "unit": unit, "config": row["config"],
             "luts": row["LUT4"], "ffs": row["FF"], "carry": row["carry (CCU2C)"], "dsp": row["DSP (MULT18X18D)"],
-            "bram": row["BRAM (DP16KD)"], "fmax_mhz": place_and_route(unit, config)["fmax_mhz"] if pnr else None}
+            "bram": row["BRAM (DP16KD)"], **(_timing(unit, config) if pnr else {"fmax_mhz": None, "critical_path": None})}
+
+
+def _timing(unit: str, config) -> dict:
+    pnr = place_and_route(unit, config)
+    return {"fmax_mhz": pnr["fmax_mhz"], "critical_path": pnr["critical_path"]}
 
 
 def targets() -> list[tuple[str, object]]:
