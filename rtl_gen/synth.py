@@ -114,6 +114,8 @@ def markdown(rows: list[dict]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([r["unit"], f"`{r['top']}`", *(str(r[k]) for k in keys)]) + " |")
+    lines += ["", "Critical paths (nextpnr's names; `unit.` is inside the design, the rest is the shell):", ""]
+    lines += [f"- `{r['top']}`: {r['critical_path']}" for r in rows if r.get("critical_path")]
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +124,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/synthesis.md", help="Markdown file to write")
     p.add_argument("--json", default="build/synthesis.json", help="JSON copy of the numbers")
     p.add_argument("--unit", action="append", choices=unit_names(), help="only these units (default: all)")
+    p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
     args = p.parse_args(argv)
+    if args.from_json:
+        Path(args.out).write_text(markdown(json.loads(Path(args.json).read_text())))
+        return 0
     rows = []
     for unit, config in targets():
         if args.unit and unit not in args.unit:
