@@ -1,9 +1,10 @@
 """The accelerator top: the systolic array and the transformer units behind a small command set.
 
 Three host-facing streams: ``cmd`` (one ``Command`` per operation), ``din`` (data words, each the
-raw bits of whatever the current command consumes) and ``dout`` (result words). Commands run one
-at a time, in order; a command ends when it has taken ``count`` data words and given ``out_count``
-result words, so results of different commands never interleave.
+raw bits of whatever the current command consumes) and ``dout`` (result words). Commands start in
+order; a command ends when it has taken ``count`` data words and given ``out_count`` result words,
+so results of different commands never interleave. Only a ``LOAD_ACT`` with ``overlap`` set runs
+beside another command (the ``MATMUL`` in flight); see the two engines in ``elaborate``.
 
 * ``LOAD_ACT`` / ``LOAD_WEIGHT``: ``count`` words into the activation buffer (``rows`` uint8 codes
   a word: one channel of a slab of ``rows`` tokens) or the weight buffer (``cols`` codes a word:
