@@ -140,10 +140,11 @@ class Compiler:
         prog.macs += m * n * k
         return where
 
-    def _scatter(self, words, where, m: int, n: int, key: str) -> torch.Tensor:
-        fields = self.epilogue.decode(words)
+    @staticmethod
+    def _scatter(lanes: np.ndarray, where, m: int, n: int) -> torch.Tensor:
+        """Result rows (decoded epilogue lanes, in emission order) into the M x N output."""
         out = np.zeros((m, n), dtype=np.int64)
-        for (row, c0, cols), values in zip(where, fields[key]):
+        for (row, c0, cols), values in zip(where, lanes):
             out[row, c0:c0 + cols] = values[:cols]
         return torch.from_numpy(out)
 
@@ -170,9 +171,10 @@ class Compiler:
         where = self._gemm(prog, "linear", x2, w, z_x, 0, True, z_out, wide)
 
         def decode(words):
-            out = self._scatter(words, where, x2.shape[0], n, "data").reshape(*lead, n)
+            fields = self.epilogue.decode(words)
+            out = self._scatter(fields["data"], where, x2.shape[0], n).reshape(*lead, n)
             out = out.to(torch.int32) if wide else out
-            g = None if gelu_table is None else self._scatter(words, where, x2.shape[0], n, "gelu").reshape(*lead, n)
+            g = None if gelu_table is None else self._scatter(fields["gelu"], where, x2.shape[0], n).reshape(*lead, n)
             return out, g
         prog.decode = decode
         return prog
@@ -188,9 +190,10 @@ class Compiler:
                   for h in range(qs.shape[0])]
 
         def decode(words):
+            data = self.epilogue.decode(words)["data"]
             outs, i = [], 0
             for where in wheres:
-                outs.append(self._scatter(words[i:i + len(where)], where, nq, nk, "data"))
+                outs.append(self._scatter(data[i:i + len(where)], where, nq, nk))
                 i += len(where)
             return torch.stack(outs).reshape(*lead, nq, nk)
         prog.decode = decode

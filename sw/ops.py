@@ -46,23 +46,16 @@ class _CompiledOps:
             self.on_op(name)
         return out
 
-    def linear(self, *args):
-        return self._run("linear", *args)
 
-    def logits(self, *args):
-        return self._run("logits", *args)
+def _op(name: str):
+    def op(self, *args):
+        return self._run(name, *args)
+    op.__name__ = name
+    return op
 
-    def softmax_lis(self, *args):
-        return self._run("softmax_lis", *args)
 
-    def attn_v(self, *args):
-        return self._run("attn_v", *args)
-
-    def layernorm(self, *args):
-        return self._run("layernorm", *args)
-
-    def add(self, *args):
-        return self._run("add", *args)
+for _name in OP_NAMES:  # the RefOps methods, each compiled by the Compiler method of the same name
+    setattr(_CompiledOps, _name, _op(_name))
 
 
 class AcceleratorOps(_CompiledOps):
