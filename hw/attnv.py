@@ -36,7 +36,7 @@ __all__ = ["AttnVConfig", "AttnV"]
 CODE_BITS = 5  # LIS code 0..15 plus the zero state 16 (any code >= 16 is the zero state, as in the reference)
 FRAC_BITS = 15  # weight of code c is 2**(15 - c)
 LIS_ACC_BITS = 25  # docs/numerics.md: a softmax's LIS row gives |acc| < 1.5 * 255 * 2**15 < 2**24
-REQUANT_STAGES = 2  # requant_stages: product, round/clamp
+REQUANT_STAGES = 3  # requant_stages: product, shift, round/clamp
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class AttnVConfig:
     @property
     def latency(self) -> int:
         """Cycles from the handshake of a row's last key to its output, unstalled, when the previous
-        row had at least `steps` keys: key stage, hold, `steps` requant issues, round/clamp."""
+        row had at least `steps` keys: key stage, hold, `steps` requant issues, the requantizer's other stages."""
         return 1 + self.steps + REQUANT_STAGES
 
     def timing(self) -> dict:
@@ -178,22 +178,27 @@ class AttnV(StreamUnit):
             m.d.sync += [held[lane].eq(sums[lane]) for lane in range(lanes)]
             m.d.sync += [held_row.eq(row), issue.valid.eq(1)]
 
-        # Requantizers: product, then round/clamp (stages 1-2 of the rq pipeline).
+        # Requantizers: product, shift, round/clamp (stages 1-3 of the rq pipeline).
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
         codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
-        final2 = rq.reg(rq.reg(final, "rq_final1"), "rq_final2")
-        keep2, last_row2 = (rq.reg(rq.reg(getattr(held_row, k), f"rq_{k}1"), f"rq_{k}2") for k in ("keep", "last_row"))
+
+        def beside_codes(value, name):
+            for stage in range(1, REQUANT_STAGES + 1):
+                value = rq.reg(value, f"rq_{name}{stage}")
+            return value
+
+        final3, keep3, last_row3 = (beside_codes(v, n) for v, n in ((final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
 
         # Output: the codes of the first steps - 1 issues wait in a shift register; the last
         # issue's codes join them straight from the requantizers.
         early = [Signal(8, name=f"early_{i}") for i in range((steps - 1) * width)]
-        with m.If(rq.out_valid & ~final2):  # a non-final issue is never offered, so rq.en is 1
+        with m.If(rq.out_valid & ~final3):  # a non-final issue is never offered, so rq.en is 1
             m.d.sync += [early[i].eq((early + codes)[i + width]) for i in range(len(early))]
         row_codes = early + codes
         m.d.comb += [
-            self.out.valid.eq(rq.out_valid & final2),
+            self.out.valid.eq(rq.out_valid & final3),
             *(self.out.payload.data[lane].eq(row_codes[lane]) for lane in range(lanes)),
-            self.out.payload.keep.eq(keep2),
-            self.out.payload.last.eq(last_row2),
+            self.out.payload.keep.eq(keep3),
+            self.out.payload.last.eq(last_row3),
         ]
         return m

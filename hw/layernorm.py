@@ -11,7 +11,7 @@ is the number of beats. Three engines work on different tokens at once:
   length ``k`` and ``2**(k-1)`` fall out of the same loop), and ``R = floor(2**(15+k) / D)`` by
   restoring division (17 quotient bits, one per cycle);
 * the **output pipeline** reads X back and computes ``n = round_shift((C*X - M1) * R, k + 5)`` and
-  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: seven stall-together stages, both
+  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: nine stall-together stages, both
   roundings through ``requant_stages``, one beat per cycle with full back-pressure.
 
 The buffer holds two tokens, so the next token loads while the current one is normalized and
@@ -97,7 +97,7 @@ class LayerNormConfig:
 
     MAX: ClassVar[int] = 4096  # calib.intref.layernorm.MAX_CHANNELS
     LOAD_DEPTH: ClassVar[int] = 3  # input handshake -> X, X**2 -> M1, M2 -> handed to the statistics
-    OUT_DEPTH: ClassVar[int] = 7  # X read, C*X - M1, *R, round n, G*n, +B, round/clamp
+    OUT_DEPTH: ClassVar[int] = 9  # X read, C*X - M1, *R, shift, round n, G*n, +B, shift, round/clamp
     DIV_STEPS: ClassVar[int] = R_BITS
 
     def __post_init__(self):
@@ -352,16 +352,16 @@ class LayerNormUnit(StreamUnit):
             return value
 
         # Stage 0 issues the X read; stage 1 has X and forms C*X - M1 = C * (X - mean) (at most
-        # 2 * C * 2040); stages 2-3: n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to
+        # 2 * C * 2040); stages 3-5: n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to
         # N_BITS never binds.
         centred = pipe.reg(delayed(tok_count, 1, "count") * token_rp.data - delayed(tok_m1, 1, "m1"), "centred")
         n_full = requant_stages(pipe, centred, delayed(tok_r, 2, "r"), delayed(tok_k, 3, "k") + (15 - FN),
                                 0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm")
         n = n_full[:N_BITS].as_signed()
-        # G and B are read at stage 3 so they arrive with n at stage 4, not travel from stage 0.
+        # G and B are read at stage 4 so they arrive with n at stage 5, not travel from stage 0.
         affine_rp = affine_mem.read_port()
-        m.d.comb += [affine_rp.addr.eq(delayed(out_channel, 3, "channel")), affine_rp.en.eq(pipe.en)]
-        # Stage 4: G*n (17 x 18 bits, one 18x18 multiplier); stages 5-6: + B, then the output
+        m.d.comb += [affine_rp.addr.eq(delayed(out_channel, 4, "channel")), affine_rp.en.eq(pipe.en)]
+        # Stage 6: G*n (17 x 18 bits, one 18x18 multiplier); stages 7-9: + B, then the output
         # rounding. G*n + B is already the quantity to round, so it enters requant_stages with mult 1.
         gn = pipe.reg(affine_rp.data.g * n, "gn")
         total = gn + pipe.reg(affine_rp.data.b, "b")

@@ -29,12 +29,18 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def requant_stages(pipe: StallPipeline, acc, mult, shift, zero, lo, hi, name: str):
-    """Two pipeline stages: the product, then round-shift, offset and clamp. Returns the result
-    (signed, wide enough for [lo, hi]). `acc` signed, `mult` unsigned, `shift` >= 1."""
+    """Three pipeline stages: the product; the shift; round, offset and clamp. Returns the result
+    (signed, wide enough for [lo, hi]). `acc` signed, `mult` unsigned; `shift` >= 1, `zero`, `lo`
+    and `hi` are read beside the product (one stage after `acc`). A variable shift of the 48-bit
+    product followed by rounding, offset and clamp was the critical path of every unit at ~20 ns
+    on an ECP5, hence a stage of its own."""
     prod = pipe.reg(acc * mult, f"{name}_prod")
     # ((x >> (n-1)) + 1) >> 1 equals (x + 2**(n-1)) >> n for every n >= 1, without a
     # product-wide rounding constant and adder (a third of the unit's LUTs on ECP5).
-    rounded = (((prod >> (shift - 1).as_unsigned()[:SHIFT_BITS]) + 1) >> 1) + zero
+    shifted = pipe.reg(prod >> (shift - 1).as_unsigned()[:SHIFT_BITS], f"{name}_shifted")
+    zero, lo, hi = (v if isinstance(v, int) else pipe.reg(v, f"{name}_{n}") for v, n in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
+    # ((s + 1) >> 1) + zero == (s + 2 * zero + 1) >> 1: one carry chain before the clamp, not two
+    rounded = (shifted + ((zero << 1) | 1)) >> 1
     out = Signal(signed(ACC_BITS + 1), name=f"{name}_out")
     clamped = Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded))
     with pipe.m.If(pipe.en):
@@ -49,7 +55,7 @@ class RequantConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    LATENCY: ClassVar[int] = 4  # accept -> out: param read, bias add, product, round/clamp
+    LATENCY: ClassVar[int] = 5  # accept -> out: param read, bias add, product, shift, round/clamp
 
     def __post_init__(self):
         check_int("requant", "lanes", self.lanes, 1, 32)
@@ -115,13 +121,17 @@ class Requantizer(StreamUnit):
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
 
-        # stage 1: parameters arrive from memory; operands wait beside them
-        s1 = {k: pipe.reg(getattr(inp, k), f"s1_{k}") for k in ("data", "keep", "last", "zero", "wide")}
-        keep, last, zero, wide = s1["keep"], s1["last"], s1["zero"], s1["wide"]
-        keep2, last2, zero2, wide2 = (pipe.reg(v, f"s2_{n}") for v, n in ((keep, "keep"), (last, "last"), (zero, "zero"), (wide, "wide")))
-        keep3, last3, zero3, wide3 = (pipe.reg(v, f"s3_{n}") for v, n in ((keep2, "keep"), (last2, "last"), (zero2, "zero"), (wide2, "wide")))
-        lo = Mux(wide3, INT32_MIN, 0)
-        hi = Mux(wide3, INT32_MAX, 255)
+        def delayed(value, name, stages):
+            for stage in range(1, stages + 1):
+                value = pipe.reg(value, f"s{stage}_{name}")
+            return value
+
+        # stage 1: parameters arrive from memory; operands wait beside them. The zero point and
+        # output range are read beside the product (stage 3).
+        acc = pipe.reg(inp.data, "s1_data")
+        zero, wide = delayed(inp.zero, "zero", 3), delayed(inp.wide, "wide", 3)
+        lo = Mux(wide, INT32_MIN, 0)
+        hi = Mux(wide, INT32_MAX, 255)
         for lane in range(cfg.lanes):
             mem = Memory(shape=entry, depth=cfg.groups, init=[])
             m.submodules[f"params_{lane}"] = mem
@@ -131,11 +141,12 @@ class Requantizer(StreamUnit):
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(inp.group), rp.en.eq(pipe.en)]
             # stage 2: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
-            total = pipe.reg(s1["data"][lane] + rp.data.bias, f"sum_{lane}")
+            total = pipe.reg(acc[lane] + rp.data.bias, f"sum_{lane}")
             mult, shift = pipe.reg(rp.data.mult, f"mult_{lane}"), pipe.reg(rp.data.shift, f"shift_{lane}")
-            # stages 3-4: product, round/clamp
-            out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero3, lo, hi, f"lane{lane}")
+            # stages 3-5: product, shift, round/clamp
+            out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero, lo, hi, f"lane{lane}")
             m.d.comb += self.out.payload.data[lane].eq(out)
-        m.d.comb += [self.out.valid.eq(pipe.out_valid), self.out.payload.keep.eq(pipe.reg(keep3, "keep4")),
-                     self.out.payload.last.eq(pipe.reg(last3, "last4"))]
+        m.d.comb += [self.out.valid.eq(pipe.out_valid),
+                     self.out.payload.keep.eq(delayed(inp.keep, "keep", cfg.LATENCY)),
+                     self.out.payload.last.eq(delayed(inp.last, "last", cfg.LATENCY))]
         return m

@@ -34,7 +34,7 @@ class ResidualConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    LATENCY: ClassVar[int] = 4  # accept -> out: param read, products, sum, round/clamp
+    LATENCY: ClassVar[int] = 5  # accept -> out: param read, products, sum, shift, round/clamp
 
     def __post_init__(self):
         check_int("residual", "lanes", self.lanes, 1, 32)
@@ -107,7 +107,7 @@ class ResidualAdder(StreamUnit):
                 value = pipe.reg(value, f"s{stage}_{name}")
             return value
 
-        # round/clamp (stage 4) reads the zero point and shift beside the stage-3 sum
+        # requant_stages reads the zero point and shift beside the stage-3 sum
         zero, shift = delayed(inp.zero, "zero", 3), delayed(inp.shift, "shift", 3)
         for lane in range(cfg.lanes):
             mem = Memory(shape=entry, depth=cfg.groups, init=[])
@@ -122,7 +122,7 @@ class ResidualAdder(StreamUnit):
             cb = pipe.reg(inp.b[lane] - inp.b_zero, f"cb_{lane}", signed(CENTERED_BITS))
             # stage 2: two 16 x 9-bit products (25-bit signed)
             pa, pb = pipe.reg(rp.data.ma * ca, f"pa_{lane}"), pipe.reg(rp.data.mb * cb, f"pb_{lane}")
-            # stages 3-4: requant_stages' product stage registers the 26-bit sum (times 1), then the
+            # stages 3-5: requant_stages' product stage registers the 26-bit sum (times 1), then the
             # one rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
             out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
             m.d.comb += self.out.payload.data[lane].eq(out)
