@@ -21,6 +21,8 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from .dsp import RegisteredMultiplier
+
 __all__ = ["SystolicConfig", "SystolicArray", "ProcessingElement"]
 
 CODE_BITS = 8  # operand codes: uint8 activations, int8 weights
@@ -59,16 +61,18 @@ class SystolicConfig:
     @property
     def latency(self) -> int:
         """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled:
-        edge stage, skew and mesh, product register, deskew, the result FIFO and its input register."""
-        return self.cols + 1 + 1 + self.FIFO_LATENCY
+        edge stage, skew and mesh, the multiplier's two registers, deskew, the result FIFO and its
+        input register."""
+        return self.cols + 1 + RegisteredMultiplier.LATENCY + self.FIFO_LATENCY
 
     FIFO_LATENCY: ClassVar[int] = 3  # the input register and SyncFIFOBuffered's registered output
 
     @property
     def fifo_depth(self) -> int:
         """Result rows the FIFO holds: every tile that can be in the mesh at once (one per 2R-1
-        cycles over the C + 2R cycles from `last` to its last row) plus one tile of slack."""
-        return self.rows * (-(-(self.cols + 2 * self.rows + 2) // (2 * self.rows - 1)) + 2)
+        cycles over the cycles from `last` to its last row) plus one tile of slack."""
+        span = self.latency - self.FIFO_LATENCY + 2 * self.rows
+        return self.rows * (-(-span // (2 * self.rows - 1)) + 2)
 
     @property
     def row_interval(self) -> int:
@@ -111,8 +115,9 @@ class SystolicConfig:
 
 
 class ProcessingElement(wiring.Component):
-    """One multiply-accumulate cell, pipelined: the product is registered (an 18x18 DSP block with
-    its output register) and added to the accumulator in the next cycle.
+    """One multiply-accumulate cell, pipelined: the operands and the product are registered (an
+    18x18 DSP block with its input and output registers, hw/dsp.py) and the product is added to the
+    accumulator in the next cycle.
 
     Operands and their control bits move one PE right (``a``, ``valid``, ``last``) or down
     (``b``) per cycle. ``result_in``/``result_out`` form the column's drain chain towards the top.
@@ -136,24 +141,26 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        product = Signal(signed(2 * CENTERED_BITS))
-        valid_p = Signal()
-        last_p = Signal()
+        m.submodules.mult = mult = RegisteredMultiplier(CENTERED_BITS, CENTERED_BITS)
+        m.d.comb += [mult.a.eq(self.a_in), mult.b.eq(self.b_in)]
+        # valid and last follow the operands through the multiplier's two registers
+        valid_p = [Signal(name=f"valid_p{i}") for i in range(mult.LATENCY)]
+        last_p = [Signal(name=f"last_p{i}") for i in range(mult.LATENCY)]
         acc = Signal(signed(ACC_BITS))
         total = Signal(signed(ACC_BITS))  # wraps like int32; the driver keeps K in range
-        m.d.comb += total.eq(acc + product)
+        m.d.comb += total.eq(acc + mult.p)
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
             self.valid_out.eq(self.valid_in),
             self.last_out.eq(self.last_in),
-            product.eq(self.a_in * self.b_in),
-            valid_p.eq(self.valid_in),
-            last_p.eq(self.last_in),
+            valid_p[0].eq(self.valid_in), last_p[0].eq(self.last_in),
+            *(valid_p[i].eq(valid_p[i - 1]) for i in range(1, mult.LATENCY)),
+            *(last_p[i].eq(last_p[i - 1]) for i in range(1, mult.LATENCY)),
             self.result_out.eq(self.result_in),
         ]
-        with m.If(valid_p):
-            with m.If(last_p):
+        with m.If(valid_p[-1]):
+            with m.If(last_p[-1]):
                 # The chain slot is free here: tiles are at least 2R-1 cycles apart.
                 m.d.sync += [self.result_out.eq(total), acc.eq(0)]
             with m.Else():
@@ -193,9 +200,13 @@ class SystolicArray(wiring.Component):
         # The mesh runs every cycle. Its result rows go into a FIFO, and a tile's `last` beat is
         # taken only when the FIFO has room for the rows of every tile still in the mesh, so
         # back-pressure on `results` holds operands back instead of freezing the array.
+        # `claimed` counts the rows of accepted tiles not yet read out of the FIFO. The check is
+        # made against a full tile (R rows, whatever `rows` says) so that it is a register compared
+        # with a constant: the adder and comparator on the FIFO level had been the 12x12 array's
+        # critical path. A ragged tile may wait a little longer; a full one exactly as long.
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_layout.size, depth=cfg.fifo_depth)
-        pending = Signal(range(cfg.fifo_depth + R + 1))  # rows of accepted tiles not yet in the FIFO
-        room = fifo.w_level + pending + ops.rows <= cfg.fifo_depth
+        claimed = Signal(range(cfg.fifo_depth + 1))
+        room = claimed <= cfg.fifo_depth - R
 
         # Spacing: a `last` beat is taken only 2R-1 cycles after the previous one, so a column's
         # drain chain is empty before the next tile's sums are captured into it.
@@ -253,7 +264,7 @@ class SystolicArray(wiring.Component):
                 if i < R - 1:
                     m.d.comb += pe.result_in.eq(pes[i + 1][j].result_out)
 
-        # Column j drains row r at its top 2r+j+3 cycles after the edge stage held `last`;
+        # Column j drains row r at its top 2r+j+4 cycles after the edge stage held `last`;
         # delaying it by C-1-j lines the columns up into whole rows.
         row_data = [delayed(m, pes[0][j].result_out, C - 1 - j, f"deskew_{j}") for j in range(C)]
 
@@ -267,7 +278,7 @@ class SystolicArray(wiring.Component):
             tile_in.rows.eq(ops.rows),
             tile_in.cols.eq(ops.cols),
         ]
-        tile_out = delayed(m, tile_in, C + 1, "tile")
+        tile_out = delayed(m, tile_in, C + RegisteredMultiplier.LATENCY, "tile")
 
         # Output sequencing: row r of the current tile is at the deskew output on even phase 2r.
         cur = Signal(tile_shape)
@@ -290,7 +301,7 @@ class SystolicArray(wiring.Component):
         m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w_en.eq(push_r), fifo.w_data.eq(entry_r.as_value())]
         for j in range(C):
             m.d.comb += [entry.data[j].eq(row_data[j]), entry.keep[j].eq(j < cur.cols)]
-        m.d.sync += pending.eq(pending + Mux(accept & ops.last, ops.rows, 0) - push_r)
+        m.d.sync += claimed.eq(claimed + Mux(accept & ops.last, ops.rows, 0) - (fifo.r_en & fifo.r_rdy))
 
         m.d.comb += [
             self.results.valid.eq(fifo.r_rdy), self.results.payload.eq(fifo.r_data), fifo.r_en.eq(self.results.ready),

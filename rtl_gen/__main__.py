@@ -4,6 +4,7 @@
     python -m rtl_gen --unit layernorm --set max_channels=768       # any unit, config fields by name
     python -m rtl_gen --unit top --rows 8 --cols 8                  # the accelerator top
     python -m rtl_gen --all --out build/rtl                         # every unit, default configs
+    python -m rtl_gen --unit top --target ecp5                      # multipliers as ECP5 MULT18X18D primitives
     python -m rtl_gen --unit top --synth ecp5 --json report.json    # resources and fmax on an LFE5U-85F
 """
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hw.systolic import SystolicConfig
-from rtl_gen import config_class, generate_unit, unit_names
+from rtl_gen import TARGETS, config_class, generate_unit, unit_names
 
 
 def dimension(text: str) -> int:
@@ -55,17 +56,24 @@ def main(argv=None) -> int:
     parser.add_argument("--cols", type=dimension, default=8, help="systolic array columns C (default 8)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field of --unit")
     parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
-    parser.add_argument("--synth", choices=["ecp5"], help="also synthesize, place and route for an LFE5U-85F (minutes)")
+    parser.add_argument("--target", choices=list(TARGETS), help="generic RTL (default) or ecp5: multipliers as "
+                        "MULT18X18D primitives with their own registers (same cycle behaviour)")
+    parser.add_argument("--synth", choices=["ecp5"], help="also synthesize, place and route for an LFE5U-85F "
+                        "(minutes; implies --target ecp5)")
     parser.add_argument("--json", type=Path, help="with --synth: write the resource and fmax report here")
     args = parser.parse_args(argv)
     if args.json and not args.synth:
         parser.error("--json needs --synth ecp5")
     if args.synth and args.all:
         parser.error("--synth takes one --unit; `python -m rtl_gen.synth` reports every unit")
+    if args.synth and args.target == "generic":
+        parser.error("--synth ecp5 synthesizes the ecp5 target; leave out --target generic")
+    target = args.target or ("ecp5" if args.synth else "generic")
 
     try:
         units = unit_names() if args.all else [args.unit]
-        generated = [generate_unit(u, build_config(u, [] if args.all else args.set, args.rows, args.cols)) for u in units]
+        generated = [generate_unit(u, build_config(u, [] if args.all else args.set, args.rows, args.cols), target)
+                     for u in units]
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:

