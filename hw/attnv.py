@@ -17,9 +17,10 @@ requantizers take the held row ``requant_lanes`` columns per cycle: ``steps = ce
 requant_lanes)`` cycles per row, hidden behind the next row's keys whenever rows have at least
 ``steps`` keys. ``requant_lanes = lanes`` gives one requantizer per lane, for short rows.
 
-Both halves are stall-together pipelines (hw.pipeline.StallPipeline): the key pipeline holds a
-row's last key while the hold register is still busy, and back-pressure on ``out`` stalls the
-requantizers, hence the hold register and, through it, ``inp``. Nothing is dropped.
+The key pipeline is a stall-together pipeline (hw.pipeline.StallPipeline): it holds a row's last
+key while the hold register is still busy. The requantizers are a credit pipeline
+(hw.pipeline.CreditPipeline): back-pressure on ``out`` stops new issues once the output FIFO is
+spoken for, hence holds the hold register and, through it, ``inp``. Nothing is dropped.
 """
 
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream
 
 from .unit import StreamUnit
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline, StallPipeline
 from .requant import MULT_BITS, SHIFT_BITS, requant_stages
 
 __all__ = ["AttnVConfig", "AttnV"]
@@ -81,7 +82,7 @@ class AttnVConfig:
     def latency(self) -> int:
         """Cycles from the handshake of a row's last key to its output, unstalled, when the previous
         row had at least `steps` keys: key stage, hold, `steps` requant issues, the requantizer's other stages."""
-        return 1 + self.steps + REQUANT_STAGES
+        return 1 + self.steps + REQUANT_STAGES + CreditPipeline.FIFO_LATENCY
 
     def timing(self) -> dict:
         return {"latency": self.latency, "keys_per_cycle": 1, "min_row_cycles": self.steps}
@@ -158,7 +159,7 @@ class AttnV(StreamUnit):
         # Hold register: one row's sums (padded to steps * width lanes) and scalars. Each requant
         # issue takes its lowest `width` lanes and shifts the rest down.
         issue = stream.Signature(0).create(path=("issue",))
-        rq = StallPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
+        rq = CreditPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
         held = [Signal(signed(cfg.acc_bits), name=f"held_{lane}") for lane in range(steps * width)]
         held_row = Signal(row_layout)
         final = Signal()  # the issue on offer is the row's last
@@ -192,13 +193,13 @@ class AttnV(StreamUnit):
         # Output: the codes of the first steps - 1 issues wait in a shift register; the last
         # issue's codes join them straight from the requantizers.
         early = [Signal(8, name=f"early_{i}") for i in range((steps - 1) * width)]
-        with m.If(rq.out_valid & ~final3):  # a non-final issue is never offered, so rq.en is 1
+        with m.If(rq.out_valid & ~final3):
             m.d.sync += [early[i].eq((early + codes)[i + width]) for i in range(len(early))]
         row_codes = early + codes
         m.d.comb += [
-            self.out.valid.eq(rq.out_valid & final3),
-            *(self.out.payload.data[lane].eq(row_codes[lane]) for lane in range(lanes)),
-            self.out.payload.keep.eq(keep3),
-            self.out.payload.last.eq(last_row3),
+            rq.push.eq(final3),  # the row's other issues only fill `early`
+            *(rq.result.data[lane].eq(row_codes[lane]) for lane in range(lanes)),
+            rq.result.keep.eq(keep3),
+            rq.result.last.eq(last_row3),
         ]
         return m

@@ -11,7 +11,7 @@ is the number of beats. Three engines work on different tokens at once:
   length ``k`` and ``2**(k-1)`` fall out of the same loop), and ``R = floor(2**(15+k) / D)`` by
   restoring division (17 quotient bits, one per cycle);
 * the **output pipeline** reads X back and computes ``n = round_shift((C*X - M1) * R, k + 5)`` and
-  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: nine stall-together stages, both
+  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: nine stages of a credit pipeline, both
   roundings through ``requant_stages``, one beat per cycle with full back-pressure.
 
 The buffer holds two tokens, so the next token loads while the current one is normalized and
@@ -32,7 +32,7 @@ from amaranth.utils import bits_for
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline
 from .requant import requant_stages
 
 __all__ = ["FN", "G_BITS", "B_BITS", "ParamKind", "saturate_beta", "LayerNormConfig", "LayerNormUnit"]
@@ -120,7 +120,7 @@ class LayerNormConfig:
 
     @property
     def latency(self) -> int:
-        return self.LOAD_DEPTH + self.stats_cycles + self.OUT_DEPTH
+        return self.LOAD_DEPTH + self.stats_cycles + self.OUT_DEPTH + CreditPipeline.FIFO_LATENCY
 
     @property
     def pair_overhead(self) -> int:
@@ -326,7 +326,7 @@ class LayerNormUnit(StreamUnit):
 
         # ---- output: issue X reads one per cycle; token constants travel with the elements
         issue = stream.Signature(unsigned(1)).create(path=("issue",))
-        pipe = StallPipeline(m, issue, self.out, cfg.OUT_DEPTH, "ln")
+        pipe = CreditPipeline(m, issue, self.out, cfg.OUT_DEPTH, "ln")
         active, out_channel, out_bank = Signal(), Signal(cfg.channel_shape), Signal()
         tok_count, tok_m1 = Signal(count_shape), Signal.like(m1)
         tok_r, tok_k = Signal(R_BITS), Signal.like(k)
@@ -344,7 +344,7 @@ class LayerNormUnit(StreamUnit):
         m.d.sync += reserved.eq(reserved + (accept & ~in_token) - release)
 
         token_rp = token_mem.read_port()
-        m.d.comb += [token_rp.addr.eq(buffer_addr(out_bank, out_channel)), token_rp.en.eq(pipe.en)]
+        m.d.comb += token_rp.addr.eq(buffer_addr(out_bank, out_channel))
 
         def delayed(value, stages, name):
             for s in range(stages):
@@ -360,12 +360,11 @@ class LayerNormUnit(StreamUnit):
         n = n_full[:N_BITS].as_signed()
         # G and B are read at stage 4 so they arrive with n at stage 5, not travel from stage 0.
         affine_rp = affine_mem.read_port()
-        m.d.comb += [affine_rp.addr.eq(delayed(out_channel, 4, "channel")), affine_rp.en.eq(pipe.en)]
+        m.d.comb += affine_rp.addr.eq(delayed(out_channel, 4, "channel"))
         # Stage 6: G*n (17 x 18 bits, one 18x18 multiplier); stages 7-9: + B, then the output
         # rounding. G*n + B is already the quantity to round, so it enters requant_stages with mult 1.
         gn = pipe.reg(affine_rp.data.g * n, "gn")
         total = gn + pipe.reg(affine_rp.data.b, "b")
         y = requant_stages(pipe, total, Const(1, 1), fg + FN, z_out, 0, 255, "affine")
-        m.d.comb += [self.out.valid.eq(pipe.out_valid), self.out.payload.q.eq(y[:CODE_BITS]),
-                     self.out.payload.last.eq(delayed(issue_last, cfg.OUT_DEPTH, "last"))]
+        m.d.comb += [pipe.result.q.eq(y[:CODE_BITS]), pipe.result.last.eq(delayed(issue_last, cfg.OUT_DEPTH, "last"))]
         return m

@@ -18,7 +18,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline, StallPipeline
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "requant_stages", "RequantConfig", "Requantizer"]
 
@@ -28,7 +28,7 @@ ACC_BITS = 32
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-def requant_stages(pipe: StallPipeline, acc, mult, shift, zero, lo, hi, name: str):
+def requant_stages(pipe: CreditPipeline | StallPipeline, acc, mult, shift, zero, lo, hi, name: str):
     """Three pipeline stages: the product; the shift; round, offset and clamp. Returns the result
     (signed, wide enough for [lo, hi]). `acc` signed, `mult` unsigned; `shift` >= 1, `zero`, `lo`
     and `hi` are read beside the product (one stage after `acc`). A variable shift of the 48-bit
@@ -41,11 +41,7 @@ def requant_stages(pipe: StallPipeline, acc, mult, shift, zero, lo, hi, name: st
     zero, lo, hi = (v if isinstance(v, int) else pipe.reg(v, f"{name}_{n}") for v, n in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
     # ((s + 1) >> 1) + zero == (s + 2 * zero + 1) >> 1: one carry chain before the clamp, not two
     rounded = (shifted + ((zero << 1) | 1)) >> 1
-    out = Signal(signed(ACC_BITS + 1), name=f"{name}_out")
-    clamped = Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded))
-    with pipe.m.If(pipe.en):
-        pipe.m.d.sync += out.eq(clamped)
-    return out
+    return pipe.reg(Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded)), f"{name}_out", signed(ACC_BITS + 1))
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,8 @@ class RequantConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    LATENCY: ClassVar[int] = 5  # accept -> out: param read, bias add, product, shift, round/clamp
+    STAGES: ClassVar[int] = 5  # param read, bias add, product, shift, round/clamp
+    LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
         check_int("requant", "lanes", self.lanes, 1, 32)
@@ -116,7 +113,7 @@ class Requantizer(StreamUnit):
         m = Module()
         cfg = self._config
         entry = data.StructLayout({"bias": signed(ACC_BITS), "mult": unsigned(MULT_BITS), "shift": unsigned(SHIFT_BITS)})
-        pipe = StallPipeline(m, self.inp, self.out, cfg.LATENCY, "rq")
+        pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "rq")
         p = self.params.payload
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
@@ -139,14 +136,13 @@ class Requantizer(StreamUnit):
             m.d.comb += [wp.addr.eq(p.group), wp.data.bias.eq(p.bias), wp.data.mult.eq(p.mult), wp.data.shift.eq(p.shift),
                          wp.en.eq(self.params.valid & (p.lane == lane))]
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(inp.group), rp.en.eq(pipe.en)]
+            m.d.comb += rp.addr.eq(inp.group)
             # stage 2: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
             total = pipe.reg(acc[lane] + rp.data.bias, f"sum_{lane}")
             mult, shift = pipe.reg(rp.data.mult, f"mult_{lane}"), pipe.reg(rp.data.shift, f"shift_{lane}")
             # stages 3-5: product, shift, round/clamp
             out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero, lo, hi, f"lane{lane}")
-            m.d.comb += self.out.payload.data[lane].eq(out)
-        m.d.comb += [self.out.valid.eq(pipe.out_valid),
-                     self.out.payload.keep.eq(delayed(inp.keep, "keep", cfg.LATENCY)),
-                     self.out.payload.last.eq(delayed(inp.last, "last", cfg.LATENCY))]
+            m.d.comb += pipe.result.data[lane].eq(out)
+        m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),
+                     pipe.result.last.eq(delayed(inp.last, "last", cfg.STAGES))]
         return m

@@ -18,7 +18,7 @@ from amaranth.utils import bits_for, ceil_log2
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline
 from .requant import MULT_BITS, SHIFT_BITS, requant_stages
 
 __all__ = ["ResidualConfig", "ResidualAdder"]
@@ -34,7 +34,8 @@ class ResidualConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    LATENCY: ClassVar[int] = 5  # accept -> out: param read, products, sum, shift, round/clamp
+    STAGES: ClassVar[int] = 5  # param read, products, sum, shift, round/clamp
+    LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
         check_int("residual", "lanes", self.lanes, 1, 32)
@@ -97,7 +98,7 @@ class ResidualAdder(StreamUnit):
         m = Module()
         cfg = self._config
         entry = data.StructLayout({"ma": unsigned(MULT_BITS), "mb": unsigned(MULT_BITS)})
-        pipe = StallPipeline(m, self.inp, self.out, cfg.LATENCY, "res")
+        pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "res")
         p = self.params.payload
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
@@ -116,7 +117,7 @@ class ResidualAdder(StreamUnit):
             m.d.comb += [wp.addr.eq(p.group), wp.data.ma.eq(p.ma), wp.data.mb.eq(p.mb),
                          wp.en.eq(self.params.valid & (p.lane == lane))]
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(inp.group), rp.en.eq(pipe.en)]
+            m.d.comb += rp.addr.eq(inp.group)
             # stage 1: multipliers arrive from memory; the centred operands wait beside them
             ca = pipe.reg(inp.a[lane] - inp.a_zero, f"ca_{lane}", signed(CENTERED_BITS))
             cb = pipe.reg(inp.b[lane] - inp.b_zero, f"cb_{lane}", signed(CENTERED_BITS))
@@ -125,8 +126,7 @@ class ResidualAdder(StreamUnit):
             # stages 3-5: requant_stages' product stage registers the 26-bit sum (times 1), then the
             # one rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
             out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
-            m.d.comb += self.out.payload.data[lane].eq(out)
-        m.d.comb += [self.out.valid.eq(pipe.out_valid),
-                     self.out.payload.keep.eq(delayed(inp.keep, "keep", cfg.LATENCY)),
-                     self.out.payload.last.eq(delayed(inp.last, "last", cfg.LATENCY))]
+            m.d.comb += pipe.result.data[lane].eq(out)
+        m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),
+                     pipe.result.last.eq(delayed(inp.last, "last", cfg.STAGES))]
         return m

