@@ -1,60 +1,84 @@
-"""A first-word-fall-through FIFO read straight from distributed RAM, with no output register.
+"""A first-word-fall-through FIFO in distributed RAM, built to keep every wide net short.
 
 Why not ``SyncFIFOBuffered``: its head entry sits in a fabric register loaded on every read. For
 the systolic array's result rows that register is C x 32 bits wide, and the net that enables it
 was the 8x8 array's critical path (one LUT, then 8.4 ns of routing to 265 flip-flops; yosys and
 nextpnr do not duplicate high-fanout nets). Why not block RAM: an ECP5 DP16KD read without its
 output register (yosys never enables it) takes 6.2 ns from the clock to the data, which caps
-anything it feeds at about 110 MHz. Here the storage is LUT RAM read asynchronously at the read
-pointer: the pointer and the write enable come straight from flip-flops, so no wide net has
-logic in front of it.
+anything it feeds at about 110 MHz. Why slices: one RAM read asynchronously at one read pointer
+still fans that pointer out to every RAM cell (12 ns of routing at 12x12). So the payload is cut
+into slices of at most `SLICE_BITS` bits, each its own module with its own RAM, pointers and
+input register; the slices move in lockstep, and no net reaches more than one slice's cells.
 """
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["LutRamFifo"]
 
+SLICE_BITS = 36  # nine 16x4 LUT-RAM cells per 16 entries
 
-class LutRamFifo(wiring.Component):
-    """`depth` entries; ``r`` offers the oldest entry the cycle after it was written.
 
-    ``w.valid`` is the RAM's write enable with no gate in front of it (it reaches every RAM cell):
-    the writer offers a beat only when it knows there is room, as the credit-counting writers here
-    do, and drives ``w.valid`` and ``w.payload`` from registers. ``w.ready`` says whether there is
-    room; a beat offered without room overwrites the oldest entry."""
+class _Slice(wiring.Component):
+    """One slice: a registered write into LUT RAM, read asynchronously at the read pointer."""
 
-    LATENCY = 1  # a written entry is offered on `r` in the next cycle
-
-    def __init__(self, shape, depth: int):
-        if depth < 1:
-            raise ValueError(f"LutRamFifo depth must be at least 1, got {depth}")
-        self._shape, self._depth = shape, depth
-        super().__init__({"w": In(stream.Signature(shape)), "r": Out(stream.Signature(shape))})
+    def __init__(self, width: int, depth: int):
+        self._depth = depth
+        super().__init__({"w_valid": In(1), "w_data": In(width),
+                          "r_valid": Out(1), "r_ready": In(1), "r_data": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
         depth = self._depth
-        m.submodules.mem = mem = Memory(shape=self._shape, depth=depth, init=[])
+        m.submodules.mem = mem = Memory(shape=unsigned(len(self.w_data)), depth=depth, init=[])
         wp, rp = mem.write_port(), mem.read_port(domain="comb")
         w_ptr, r_ptr = Signal(range(depth)), Signal(range(depth))
         level = Signal(range(depth + 1))
+        # The write enable reaches every RAM cell of the slice: it comes straight from a register.
+        write, data_r = Signal(), Signal.like(self.w_data)
+        m.d.sync += [write.eq(self.w_valid), data_r.eq(self.w_data)]
+        read = self.r_valid & self.r_ready
 
         def next_ptr(ptr):
             return Mux(ptr == depth - 1, 0, ptr + 1)
 
-        write = self.w.valid
-        read = self.r.valid & self.r.ready
-        m.d.comb += [
-            self.w.ready.eq(level != depth),
-            wp.addr.eq(w_ptr), wp.data.eq(self.w.payload), wp.en.eq(write),
-            rp.addr.eq(r_ptr), self.r.payload.eq(rp.data), self.r.valid.eq(level != 0),
-        ]
+        m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(data_r), wp.en.eq(write),
+                     rp.addr.eq(r_ptr), self.r_data.eq(rp.data), self.r_valid.eq(level != 0)]
         m.d.sync += level.eq(level + write - read)
         with m.If(write):
             m.d.sync += w_ptr.eq(next_ptr(w_ptr))
         with m.If(read):
             m.d.sync += r_ptr.eq(next_ptr(r_ptr))
+        return m
+
+
+class LutRamFifo(wiring.Component):
+    """`depth` entries; ``r`` offers an entry two cycles after ``w`` offered it.
+
+    ``w`` has no ``ready`` gate: the writer offers a beat only when it knows there is room, as
+    the credit-counting writers here do (a beat offered without room overwrites the oldest
+    entry). ``w.ready`` is therefore constant 1 and only there to make ``w`` a stream.
+    """
+
+    LATENCY = 2  # the input register, then the RAM write; the entry is read asynchronously
+
+    def __init__(self, shape, depth: int):
+        if depth < 1:
+            raise ValueError(f"LutRamFifo depth must be at least 1, got {depth}")
+        self._width, self._depth = Shape.cast(shape).width, depth
+        super().__init__({"w": In(stream.Signature(shape)), "r": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        w_bits, r_bits = Value.cast(self.w.payload), Value.cast(self.r.payload)
+        slices = []
+        for i, lo in enumerate(range(0, self._width, SLICE_BITS)):
+            hi = min(lo + SLICE_BITS, self._width)
+            m.submodules[f"slice_{i}"] = s = _Slice(hi - lo, self._depth)
+            m.d.comb += [s.w_valid.eq(self.w.valid), s.w_data.eq(w_bits[lo:hi]), s.r_ready.eq(self.r.ready),
+                         r_bits[lo:hi].eq(s.r_data)]
+            slices.append(s)
+        m.d.comb += [self.w.ready.eq(1), self.r.valid.eq(slices[0].r_valid)]
         return m

