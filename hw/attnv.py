@@ -30,14 +30,14 @@ from amaranth.lib import data, stream
 
 from .unit import StreamUnit
 from .pipeline import CreditPipeline, StallPipeline
-from .requant import MULT_BITS, SHIFT_BITS, requant_stages
+from .requant import MULT_BITS, REQUANT_LATENCY, SHIFT_BITS, requant_stages
 
 __all__ = ["AttnVConfig", "AttnV"]
 
 CODE_BITS = 5  # LIS code 0..15 plus the zero state 16 (any code >= 16 is the zero state, as in the reference)
 FRAC_BITS = 15  # weight of code c is 2**(15 - c)
 LIS_ACC_BITS = 25  # docs/numerics.md: a softmax's LIS row gives |acc| < 1.5 * 255 * 2**15 < 2**24
-REQUANT_STAGES = 3  # requant_stages: product, shift, round/clamp
+REQUANT_STAGES = REQUANT_LATENCY
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class AttnV(StreamUnit):
             m.d.sync += [held[lane].eq(sums[lane]) for lane in range(lanes)]
             m.d.sync += [held_row.eq(row), issue.valid.eq(1)]
 
-        # Requantizers: product, shift, round/clamp (stages 1-3 of the rq pipeline).
+        # Requantizers: requant_stages is the whole rq pipeline.
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
         codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
 

@@ -11,11 +11,11 @@ around a behavioural multiply, so the cycle behaviour is identical; ``sim/models
 models the primitive for the test that simulates the lowered form.
 """
 
-from amaranth import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth import ClockSignal, Const, Instance, Module, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["DSP_WIDTH", "RegisteredMultiplier", "ECP5Target"]
+__all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product"]
 
 DSP_WIDTH = 18  # MULT18X18D operand width
 
@@ -57,3 +57,39 @@ class RegisteredMultiplier(wiring.Component):
             a_r, b_r = Signal.like(self.a), Signal.like(self.b)
             m.d.sync += [a_r.eq(self.a), b_r.eq(self.b), self.p.eq(a_r * b_r)]
         return m
+
+
+CHUNK_BITS = DSP_WIDTH - 1  # unsigned chunks of a wide operand, sign-extended by one bit to fit
+PRODUCT_LATENCY = RegisteredMultiplier.LATENCY + 1  # wide_product: the multipliers, then the sum
+
+
+def wide_product(m: Module, a, b, name: str) -> Signal:
+    """``a * b`` registered PRODUCT_LATENCY cycles later, for a signed or unsigned `a` of any width
+    and a `b` of at most 18 bits signed (17 unsigned): `a` is cut into CHUNK_BITS-bit chunks (the top
+    one keeps the sign), each multiplies `b` in a RegisteredMultiplier, and one register sums
+    the shifted partial products. No multiplier shares a cycle with routing or an adder. A
+    constant `b` needs no multiplier: `a * b` then goes through plain registers."""
+    a = Value.cast(a)
+    if isinstance(b, int) or isinstance(b, Const):
+        value = a * b
+        for stage in range(PRODUCT_LATENCY):
+            reg = Signal.like(value, name=f"{name}_p{stage}")
+            m.d.sync += reg.eq(value)
+            value = reg
+        return value
+    b = Value.cast(b)
+    b_width = len(b) if b.shape().signed else len(b) + 1  # as a signed multiplier operand
+    if b_width > DSP_WIDTH:
+        raise ValueError(f"wide_product: b must fit {DSP_WIDTH} bits signed, got {b.shape()}")
+    partials = []
+    for i, lo in enumerate(range(0, len(a), CHUNK_BITS)):
+        hi = min(lo + CHUNK_BITS, len(a))
+        top = hi == len(a)
+        chunk = a[lo:hi].as_signed() if top and a.shape().signed else a[lo:hi]
+        m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(len(chunk) + (0 if chunk.shape().signed else 1), b_width)
+        m.d.comb += [mult.a.eq(chunk), mult.b.eq(b)]
+        partials.append(mult.p.as_signed() << lo if i else mult.p)
+    total = sum(partials[1:], partials[0])
+    product = Signal(signed(len(a) + len(b) + 1), name=f"{name}_product")
+    m.d.sync += product.eq(total)
+    return product

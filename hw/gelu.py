@@ -4,6 +4,11 @@ The fc1 output is already a uint8 code, so GELU (with its input and output quant
 256-entry uint8 table built offline per layer. The unit holds the current layer's table in one
 memory with a read port per lane, so ``lanes`` codes are looked up every cycle. The table is
 written one entry per ``params`` beat (always ready) before the layer's codes arrive.
+
+The looked-up codes are registered once more before the output FIFO: an ECP5 block RAM takes
+6.2 ns from the clock to its data, so nothing else may share that cycle. ``side_bits`` carries an
+opaque field through beside the codes (the accelerator top sends the requantized int32 row along,
+so fc1's codes and their GELU codes leave together).
 """
 
 from dataclasses import asdict, dataclass
@@ -15,7 +20,7 @@ from amaranth.lib.memory import Memory
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import StallPipeline
+from .pipeline import CreditPipeline
 
 __all__ = ["CODE_BITS", "GeluConfig", "Gelu"]
 
@@ -28,15 +33,18 @@ class GeluConfig:
     """lanes: codes per beat (the array's columns)."""
 
     lanes: int = 8
+    side_bits: int = 0
 
-    LATENCY: ClassVar[int] = 1  # accept -> out: the synchronous table read
+    STAGES: ClassVar[int] = 2  # the synchronous table read, a register behind the block RAM
+    LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
         check_int("gelu", "lanes", self.lanes, 1, 32)
+        check_int("gelu", "side_bits", self.side_bits, 0, 2048)
 
     @property
     def name(self) -> str:
-        return f"gelu_{self.lanes}l"
+        return f"gelu_{self.lanes}l" + (f"_{self.side_bits}s" if self.side_bits else "")
 
     def timing(self) -> dict:
         return {"latency": self.LATENCY, "beats_per_cycle": 1}
@@ -48,6 +56,7 @@ class GeluConfig:
             "data": data.ArrayLayout(unsigned(CODE_BITS), self.lanes),
             "keep": unsigned(self.lanes),
             "last": unsigned(1),
+            **({"side": unsigned(self.side_bits)} if self.side_bits else {}),
         })
 
     @property
@@ -76,7 +85,7 @@ class Gelu(StreamUnit):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        pipe = StallPipeline(m, self.inp, self.out, cfg.LATENCY, "gelu")
+        pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "gelu")
         m.d.comb += self.params.ready.eq(1)
 
         m.submodules.table = table = Memory(shape=unsigned(CODE_BITS), depth=TABLE_SIZE, init=[])
@@ -84,10 +93,11 @@ class Gelu(StreamUnit):
         m.d.comb += [wp.addr.eq(self.params.payload.index), wp.data.eq(self.params.payload.value),
                      wp.en.eq(self.params.valid)]
         for lane in range(cfg.lanes):
-            rp = table.read_port()  # en: the looked-up code holds while the pipeline stalls
-            m.d.comb += [rp.addr.eq(self.inp.payload.data[lane]), rp.en.eq(pipe.en),
-                         self.out.payload.data[lane].eq(rp.data)]
-        m.d.comb += [self.out.valid.eq(pipe.out_valid),
-                     self.out.payload.keep.eq(pipe.reg(self.inp.payload.keep, "keep1")),
-                     self.out.payload.last.eq(pipe.reg(self.inp.payload.last, "last1"))]
+            rp = table.read_port()
+            m.d.comb += [rp.addr.eq(self.inp.payload.data[lane]),
+                         pipe.result.data[lane].eq(pipe.reg(rp.data, f"code_{lane}"))]
+        passing = ("keep", "last", "side") if cfg.side_bits else ("keep", "last")
+        for field in passing:
+            m.d.comb += getattr(pipe.result, field).eq(
+                pipe.reg(pipe.reg(getattr(self.inp.payload, field), f"{field}_1"), f"{field}_2"))
         return m

@@ -11,7 +11,7 @@ is the number of beats. Three engines work on different tokens at once:
   length ``k`` and ``2**(k-1)`` fall out of the same loop), and ``R = floor(2**(15+k) / D)`` by
   restoring division (17 quotient bits, one per cycle);
 * the **output pipeline** reads X back and computes ``n = round_shift((C*X - M1) * R, k + 5)`` and
-  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: nine stages of a credit pipeline, both
+  ``out = clamp(z_out + round_shift(G*n + B, 10 + fg), 0, 255)``: eighteen stages of a credit pipeline, both
   roundings through ``requant_stages``, one beat per cycle with full back-pressure.
 
 The buffer holds two tokens, so the next token loads while the current one is normalized and
@@ -33,7 +33,8 @@ from amaranth.utils import bits_for
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
-from .requant import requant_stages
+from .dsp import PRODUCT_LATENCY, wide_product
+from .requant import REQUANT_LATENCY, requant_stages
 
 __all__ = ["FN", "G_BITS", "B_BITS", "ParamKind", "saturate_beta", "LayerNormConfig", "LayerNormUnit"]
 
@@ -97,7 +98,8 @@ class LayerNormConfig:
 
     MAX: ClassVar[int] = 4096  # calib.intref.layernorm.MAX_CHANNELS
     LOAD_DEPTH: ClassVar[int] = 3  # input handshake -> X, X**2 -> M1, M2 -> handed to the statistics
-    OUT_DEPTH: ClassVar[int] = 9  # X read, C*X - M1, *R, shift, round n, G*n, +B, shift, round/clamp
+    # X read, C*X, - M1, requant_stages for n, G*n, requant_stages for the output
+    OUT_DEPTH: ClassVar[int] = 2 + PRODUCT_LATENCY + REQUANT_LATENCY + PRODUCT_LATENCY + REQUANT_LATENCY
     DIV_STEPS: ClassVar[int] = R_BITS
 
     def __post_init__(self):
@@ -351,20 +353,23 @@ class LayerNormUnit(StreamUnit):
                 value = pipe.reg(value, f"{name}_{s + 1}")
             return value
 
-        # Stage 0 issues the X read; stage 1 has X and forms C*X - M1 = C * (X - mean) (at most
-        # 2 * C * 2040); stages 3-5: n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to
-        # N_BITS never binds.
-        centred = pipe.reg(delayed(tok_count, 1, "count") * token_rp.data - delayed(tok_m1, 1, "m1"), "centred")
-        n_full = requant_stages(pipe, centred, delayed(tok_r, 2, "r"), delayed(tok_k, 3, "k") + (15 - FN),
+        # Stage 0 issues the X read; stage 1 has X; C*X (hw.dsp.wide_product) arrives at stage 4, and
+        # C*X - M1 = C * (X - mean) (at most 2 * C * 2040) is registered at stage 5. Stages 6-10:
+        # n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to N_BITS never binds.
+        cx = wide_product(m, token_rp.data, delayed(tok_count, 1, "count"), "cx")
+        centred = pipe.reg(cx - delayed(tok_m1, 1 + PRODUCT_LATENCY, "m1"), "centred")
+        n_full = requant_stages(pipe, centred, delayed(tok_r, 2 + PRODUCT_LATENCY, "r"),
+                                delayed(tok_k, 3 + PRODUCT_LATENCY, "k") + (15 - FN),
                                 0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm")
         n = n_full[:N_BITS].as_signed()
-        # G and B are read at stage 4 so they arrive with n at stage 5, not travel from stage 0.
+        # G and B are read the stage before n so they arrive with it, not travel from stage 0.
+        n_stage = 2 + PRODUCT_LATENCY + REQUANT_LATENCY
         affine_rp = affine_mem.read_port()
-        m.d.comb += affine_rp.addr.eq(delayed(out_channel, 4, "channel"))
-        # Stage 6: G*n (17 x 18 bits, one 18x18 multiplier); stages 7-9: + B, then the output
-        # rounding. G*n + B is already the quantity to round, so it enters requant_stages with mult 1.
-        gn = pipe.reg(affine_rp.data.g * n, "gn")
-        total = gn + pipe.reg(affine_rp.data.b, "b")
+        m.d.comb += affine_rp.addr.eq(delayed(out_channel, n_stage - 1, "channel"))
+        # G*n (17 x 18 bits, one 18x18 multiplier), + B, then the output rounding. G*n + B is
+        # already the quantity to round, so it enters requant_stages with mult 1.
+        gn = wide_product(m, affine_rp.data.g, n, "gn")
+        total = gn + delayed(affine_rp.data.b, PRODUCT_LATENCY, "b")
         y = requant_stages(pipe, total, Const(1, 1), fg + FN, z_out, 0, 255, "affine")
         m.d.comb += [pipe.result.q.eq(y[:CODE_BITS]), pipe.result.last.eq(delayed(issue_last, cfg.OUT_DEPTH, "last"))]
         return m

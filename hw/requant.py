@@ -18,27 +18,37 @@ from amaranth.utils import bits_for, ceil_log2
 
 from .unit import StreamUnit
 from .config import check_int
-from .pipeline import CreditPipeline, StallPipeline
+from .dsp import PRODUCT_LATENCY, wide_product
+from .pipeline import CreditPipeline
 
-__all__ = ["MULT_BITS", "SHIFT_BITS", "requant_stages", "RequantConfig", "Requantizer"]
+__all__ = ["MULT_BITS", "SHIFT_BITS", "REQUANT_LATENCY", "requant_stages", "RequantConfig", "Requantizer"]
 
 MULT_BITS = 16  # calib.intref.requant.MULT_BITS
 SHIFT_BITS = 6  # shifts 1..62
 ACC_BITS = 32
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+REQUANT_LATENCY = PRODUCT_LATENCY + 2  # requant_stages: the product, the shift, round/offset/clamp
 
 
-def requant_stages(pipe: CreditPipeline | StallPipeline, acc, mult, shift, zero, lo, hi, name: str):
-    """Three pipeline stages: the product; the shift; round, offset and clamp. Returns the result
-    (signed, wide enough for [lo, hi]). `acc` signed, `mult` unsigned; `shift` >= 1, `zero`, `lo`
-    and `hi` are read beside the product (one stage after `acc`). A variable shift of the 48-bit
-    product followed by rounding, offset and clamp was the critical path of every unit at ~20 ns
-    on an ECP5, hence a stage of its own."""
-    prod = pipe.reg(acc * mult, f"{name}_prod")
+def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: str):
+    """REQUANT_LATENCY pipeline stages: the product (hw.dsp.wide_product), the shift, then round,
+    offset and clamp. Returns the result (signed, wide enough for [lo, hi]) that many stages after
+    `acc`. `acc` signed, `mult` unsigned (or a constant); `shift` >= 1, `zero`, `lo` and `hi` are
+    read one stage after `acc`. A variable shift of the 48-bit product followed by rounding,
+    offset and clamp was the critical path of every unit at ~20 ns on an ECP5, hence a stage of
+    its own; the product had been a multiplier cascade in one cycle (12 ns)."""
+
+    def later(value, stages, tag):
+        for stage in range(stages if not isinstance(value, int) else 0):
+            value = pipe.reg(value, f"{name}_{tag}{stage}")
+        return value
+
+    prod = wide_product(pipe.m, acc, mult, f"{name}_prod")
     # ((x >> (n-1)) + 1) >> 1 equals (x + 2**(n-1)) >> n for every n >= 1, without a
     # product-wide rounding constant and adder (a third of the unit's LUTs on ECP5).
+    shift = later(shift, PRODUCT_LATENCY - 1, "shift")
     shifted = pipe.reg(prod >> (shift - 1).as_unsigned()[:SHIFT_BITS], f"{name}_shifted")
-    zero, lo, hi = (v if isinstance(v, int) else pipe.reg(v, f"{name}_{n}") for v, n in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
+    zero, lo, hi = (later(v, PRODUCT_LATENCY, tag) for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
     # ((s + 1) >> 1) + zero == (s + 2 * zero + 1) >> 1: one carry chain before the clamp, not two
     rounded = (shifted + ((zero << 1) | 1)) >> 1
     return pipe.reg(Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded)), f"{name}_out", signed(ACC_BITS + 1))
@@ -51,7 +61,7 @@ class RequantConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    STAGES: ClassVar[int] = 5  # param read, bias add, product, shift, round/clamp
+    STAGES: ClassVar[int] = 2 + REQUANT_LATENCY  # param read, bias add, requant_stages
     LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
@@ -124,7 +134,7 @@ class Requantizer(StreamUnit):
             return value
 
         # stage 1: parameters arrive from memory; operands wait beside them. The zero point and
-        # output range are read beside the product (stage 3).
+        # output range are read one stage after the sum (stage 3).
         acc = pipe.reg(inp.data, "s1_data")
         zero, wide = delayed(inp.zero, "zero", 3), delayed(inp.wide, "wide", 3)
         lo = Mux(wide, INT32_MIN, 0)
@@ -140,7 +150,7 @@ class Requantizer(StreamUnit):
             # stage 2: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
             total = pipe.reg(acc[lane] + rp.data.bias, f"sum_{lane}")
             mult, shift = pipe.reg(rp.data.mult, f"mult_{lane}"), pipe.reg(rp.data.shift, f"shift_{lane}")
-            # stages 3-5: product, shift, round/clamp
+            # stages 3-: requant_stages
             out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero, lo, hi, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),

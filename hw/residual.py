@@ -19,7 +19,8 @@ from amaranth.utils import bits_for, ceil_log2
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
-from .requant import MULT_BITS, SHIFT_BITS, requant_stages
+from .dsp import PRODUCT_LATENCY, wide_product
+from .requant import MULT_BITS, REQUANT_LATENCY, SHIFT_BITS, requant_stages
 
 __all__ = ["ResidualConfig", "ResidualAdder"]
 
@@ -34,7 +35,7 @@ class ResidualConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    STAGES: ClassVar[int] = 5  # param read, products, sum, shift, round/clamp
+    STAGES: ClassVar[int] = 1 + PRODUCT_LATENCY + REQUANT_LATENCY  # param read, products, requant_stages
     LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
@@ -108,8 +109,8 @@ class ResidualAdder(StreamUnit):
                 value = pipe.reg(value, f"s{stage}_{name}")
             return value
 
-        # requant_stages reads the zero point and shift beside the stage-3 sum
-        zero, shift = delayed(inp.zero, "zero", 3), delayed(inp.shift, "shift", 3)
+        # requant_stages reads the zero point and shift one stage after the sum of the products
+        zero, shift = (delayed(getattr(inp, k), k, 2 + PRODUCT_LATENCY) for k in ("zero", "shift"))
         for lane in range(cfg.lanes):
             mem = Memory(shape=entry, depth=cfg.groups, init=[])
             m.submodules[f"params_{lane}"] = mem
@@ -121,10 +122,10 @@ class ResidualAdder(StreamUnit):
             # stage 1: multipliers arrive from memory; the centred operands wait beside them
             ca = pipe.reg(inp.a[lane] - inp.a_zero, f"ca_{lane}", signed(CENTERED_BITS))
             cb = pipe.reg(inp.b[lane] - inp.b_zero, f"cb_{lane}", signed(CENTERED_BITS))
-            # stage 2: two 16 x 9-bit products (25-bit signed)
-            pa, pb = pipe.reg(rp.data.ma * ca, f"pa_{lane}"), pipe.reg(rp.data.mb * cb, f"pb_{lane}")
-            # stages 3-5: requant_stages' product stage registers the 26-bit sum (times 1), then the
-            # one rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
+            # two 16 x 9-bit products (25-bit signed), then requant_stages: its product stage carries
+            # the 26-bit sum (times 1), then the one rounding of the sum by the layer's shift, the
+            # output zero point and the uint8 clamp
+            pa, pb = wide_product(m, ca, rp.data.ma, f"pa_{lane}"), wide_product(m, cb, rp.data.mb, f"pb_{lane}")
             out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),

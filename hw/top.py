@@ -95,7 +95,7 @@ class TopConfig:
         return {
             "systolic": SystolicConfig(self.rows, self.cols),
             "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels),
-            "gelu": GeluConfig(lanes=self.cols),
+            "gelu": GeluConfig(lanes=self.cols, side_bits=32 * self.cols),  # side: the requantized row
             "layernorm": LayerNormConfig(max_channels=self.max_channels),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
             "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys),
@@ -334,18 +334,16 @@ class Accelerator(Component):
         ]
         with m.If(res.valid & res.ready & res.payload.last):
             m.d.sync += rtile.eq(rtile + 1)
-        # GELU is a one-stage stall-together pipeline: `side` holds the requantized row beside it.
-        side = Signal(data.ArrayLayout(signed(32), C))
+        # GELU carries the requantized int32 row through beside its codes.
         m.d.comb += [
             gelu.inp.valid.eq(requant.out.valid), requant.out.ready.eq(gelu.inp.ready),
             gelu.inp.payload.keep.eq(requant.out.payload.keep), gelu.inp.payload.last.eq(requant.out.payload.last),
+            gelu.inp.payload.side.eq(requant.out.payload.data.as_value()),
         ]
         for lane in range(C):
             m.d.comb += gelu.inp.payload.data[lane].eq(requant.out.payload.data[lane][:8])
-            with m.If(gelu.inp.ready):
-                m.d.sync += side[lane].eq(requant.out.payload.data[lane])
         epilogue = Signal(cfg.epilogue_layout)
-        m.d.comb += [epilogue.data.eq(side), epilogue.gelu.eq(gelu.out.payload.data),
+        m.d.comb += [epilogue.data.eq(gelu.out.payload.side), epilogue.gelu.eq(gelu.out.payload.data),
                      epilogue.keep.eq(gelu.out.payload.keep), epilogue.last.eq(gelu.out.payload.last)]
         with m.If(cur.op == Op.MATMUL):
             m.d.comb += dout_payload.eq(epilogue.as_value())
