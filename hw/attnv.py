@@ -182,13 +182,8 @@ class AttnV(StreamUnit):
         # Requantizers: requant_stages is the whole rq pipeline.
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
         codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
-
-        def beside_codes(value, name):
-            for stage in range(1, REQUANT_STAGES + 1):
-                value = rq.reg(value, f"rq_{name}{stage}")
-            return value
-
-        final3, keep3, last_row3 = (beside_codes(v, n) for v, n in ((final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
+        final3, keep3, last_row3 = (rq.delay(v, REQUANT_STAGES, f"rq_{n}")
+                                    for v, n in ((final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
 
         # Output: the codes of the first steps - 1 issues wait in a shift register; the last
         # issue's codes join them straight from the requantizers.

@@ -348,28 +348,23 @@ class LayerNormUnit(StreamUnit):
         token_rp = token_mem.read_port()
         m.d.comb += token_rp.addr.eq(buffer_addr(out_bank, out_channel))
 
-        def delayed(value, stages, name):
-            for s in range(stages):
-                value = pipe.reg(value, f"{name}_{s + 1}")
-            return value
-
         # Stage 0 issues the X read; stage 1 has X; C*X (hw.dsp.wide_product) arrives at stage 4, and
         # C*X - M1 = C * (X - mean) (at most 2 * C * 2040) is registered at stage 5. Stages 6-10:
         # n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to N_BITS never binds.
-        cx = wide_product(m, token_rp.data, delayed(tok_count, 1, "count"), "cx")
-        centred = pipe.reg(cx - delayed(tok_m1, 1 + PRODUCT_LATENCY, "m1"), "centred")
-        n_full = requant_stages(pipe, centred, delayed(tok_r, 2 + PRODUCT_LATENCY, "r"),
-                                delayed(tok_k, 3 + PRODUCT_LATENCY, "k") + (15 - FN),
+        cx = wide_product(m, token_rp.data, pipe.delay(tok_count, 1, "count"), "cx")
+        centred = pipe.reg(cx - pipe.delay(tok_m1, 1 + PRODUCT_LATENCY, "m1"), "centred")
+        n_full = requant_stages(pipe, centred, pipe.delay(tok_r, 2 + PRODUCT_LATENCY, "r"),
+                                pipe.delay(tok_k, 3 + PRODUCT_LATENCY, "k") + (15 - FN),
                                 0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm")
         n = n_full[:N_BITS].as_signed()
         # G and B are read the stage before n so they arrive with it, not travel from stage 0.
         n_stage = 2 + PRODUCT_LATENCY + REQUANT_LATENCY
         affine_rp = affine_mem.read_port()
-        m.d.comb += affine_rp.addr.eq(delayed(out_channel, n_stage - 1, "channel"))
+        m.d.comb += affine_rp.addr.eq(pipe.delay(out_channel, n_stage - 1, "channel"))
         # G*n (17 x 18 bits, one 18x18 multiplier), + B, then the output rounding. G*n + B is
         # already the quantity to round, so it enters requant_stages with mult 1.
         gn = wide_product(m, affine_rp.data.g, n, "gn")
-        total = gn + delayed(affine_rp.data.b, PRODUCT_LATENCY, "b")
+        total = gn + pipe.delay(affine_rp.data.b, PRODUCT_LATENCY, "b")
         y = requant_stages(pipe, total, Const(1, 1), fg + FN, z_out, 0, 255, "affine")
-        m.d.comb += [pipe.result.q.eq(y[:CODE_BITS]), pipe.result.last.eq(delayed(issue_last, cfg.OUT_DEPTH, "last"))]
+        m.d.comb += [pipe.result.q.eq(y[:CODE_BITS]), pipe.result.last.eq(pipe.delay(issue_last, cfg.OUT_DEPTH, "last"))]
         return m

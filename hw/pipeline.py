@@ -90,3 +90,9 @@ class CreditPipeline:
         r = Signal(shape, name=name)
         self.m.d.sync += r.eq(value)
         return r
+
+    def delay(self, value, stages: int, name: str):
+        """`value` `stages` stages later; a Python int (a constant) stays as it is."""
+        for stage in range(0 if isinstance(value, int) else stages):
+            value = self.reg(value, f"{name}_{stage + 1}")
+        return value

@@ -38,17 +38,12 @@ def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: s
     offset and clamp was the critical path of every unit at ~20 ns on an ECP5, hence a stage of
     its own; the product had been a multiplier cascade in one cycle (12 ns)."""
 
-    def later(value, stages, tag):
-        for stage in range(stages if not isinstance(value, int) else 0):
-            value = pipe.reg(value, f"{name}_{tag}{stage}")
-        return value
-
     prod = wide_product(pipe.m, acc, mult, f"{name}_prod")
     # ((x >> (n-1)) + 1) >> 1 equals (x + 2**(n-1)) >> n for every n >= 1, without a
     # product-wide rounding constant and adder (a third of the unit's LUTs on ECP5).
-    shift = later(shift, PRODUCT_LATENCY - 1, "shift")
+    shift = pipe.delay(shift, PRODUCT_LATENCY - 1, f"{name}_shift")
     shifted = pipe.reg(prod >> (shift - 1).as_unsigned()[:SHIFT_BITS], f"{name}_shifted")
-    zero, lo, hi = (later(v, PRODUCT_LATENCY, tag) for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
+    zero, lo, hi = (pipe.delay(v, PRODUCT_LATENCY, f"{name}_{tag}") for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
     # ((s + 1) >> 1) + zero == (s + 2 * zero + 1) >> 1: one carry chain before the clamp, not two
     rounded = (shifted + ((zero << 1) | 1)) >> 1
     return pipe.reg(Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded)), f"{name}_out", signed(ACC_BITS + 1))
@@ -128,15 +123,10 @@ class Requantizer(StreamUnit):
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
 
-        def delayed(value, name, stages):
-            for stage in range(1, stages + 1):
-                value = pipe.reg(value, f"s{stage}_{name}")
-            return value
-
         # stage 1: parameters arrive from memory; operands wait beside them. The zero point and
         # output range are read one stage after the sum (stage 3).
         acc = pipe.reg(inp.data, "s1_data")
-        zero, wide = delayed(inp.zero, "zero", 3), delayed(inp.wide, "wide", 3)
+        zero, wide = pipe.delay(inp.zero, 3, "zero"), pipe.delay(inp.wide, 3, "wide")
         lo = Mux(wide, INT32_MIN, 0)
         hi = Mux(wide, INT32_MAX, 255)
         for lane in range(cfg.lanes):
@@ -153,6 +143,6 @@ class Requantizer(StreamUnit):
             # stages 3-: requant_stages
             out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero, lo, hi, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
-        m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),
-                     pipe.result.last.eq(delayed(inp.last, "last", cfg.STAGES))]
+        m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
+                     pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]
         return m

@@ -104,13 +104,8 @@ class ResidualAdder(StreamUnit):
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
 
-        def delayed(value, name, stages):
-            for stage in range(1, stages + 1):
-                value = pipe.reg(value, f"s{stage}_{name}")
-            return value
-
         # requant_stages reads the zero point and shift one stage after the sum of the products
-        zero, shift = (delayed(getattr(inp, k), k, 2 + PRODUCT_LATENCY) for k in ("zero", "shift"))
+        zero, shift = (pipe.delay(getattr(inp, k), 2 + PRODUCT_LATENCY, k) for k in ("zero", "shift"))
         for lane in range(cfg.lanes):
             mem = Memory(shape=entry, depth=cfg.groups, init=[])
             m.submodules[f"params_{lane}"] = mem
@@ -128,6 +123,6 @@ class ResidualAdder(StreamUnit):
             pa, pb = wide_product(m, ca, rp.data.ma, f"pa_{lane}"), wide_product(m, cb, rp.data.mb, f"pb_{lane}")
             out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
-        m.d.comb += [pipe.result.keep.eq(delayed(inp.keep, "keep", cfg.STAGES)),
-                     pipe.result.last.eq(delayed(inp.last, "last", cfg.STAGES))]
+        m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
+                     pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]
         return m
