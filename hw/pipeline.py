@@ -76,13 +76,6 @@ class CreditPipeline:
         m.d.comb += [fifo.w.valid.eq(self.out_valid & self.push),
                      out.valid.eq(fifo.r.valid), out.payload.eq(fifo.r.payload), fifo.r.ready.eq(out.ready)]
 
-    def valid(self, stage: int) -> Value:
-        return self._valid[stage]
-
-    @property
-    def latency(self) -> int:
-        return self.depth + self.FIFO_LATENCY
-
     def reg(self, value, name: str, shape=None) -> Signal:
         """`value` registered into the next stage."""
         if shape is None:  # keep a View's layout (Value.cast would flatten it to plain bits)

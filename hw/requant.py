@@ -11,7 +11,7 @@ column tile g reads index g in every bank at once).
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for, ceil_log2
