@@ -2,10 +2,13 @@
 
 from dataclasses import asdict, dataclass
 
-from .intref.softmax import LIS_RULES
-from .observers import OBSERVERS
+from fqvit.contract import DEFAULT_LIS_RULE, check_lis_rule
 
-__all__ = ["QuantConfig"]
+__all__ = ["OBSERVER_NAMES", "QuantConfig"]
+
+# The activation observers (calib/observers.py OBSERVERS implements each), named here so that the
+# CLIs offer them without importing torch.
+OBSERVER_NAMES = ("minmax", "ema", "percentile", "omse")
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,13 @@ class QuantConfig:
     observer: str = "minmax"
     ptf: bool = True
     lis: bool = True
-    lis_rule: str = "nearest"
+    lis_rule: str = DEFAULT_LIS_RULE
     official: bool = False
 
     def __post_init__(self):
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"unknown observer {self.observer!r}; expected one of {sorted(OBSERVERS)}")
-        if self.lis_rule not in LIS_RULES:
-            raise ValueError(f"unknown lis_rule {self.lis_rule!r}; expected one of {sorted(LIS_RULES)}")
+        if self.observer not in OBSERVER_NAMES:
+            raise ValueError(f"unknown observer {self.observer!r}; expected one of {sorted(OBSERVER_NAMES)}")
+        check_lis_rule(self.lis_rule, "lis_rule")
         for name in ("ptf", "lis", "official"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -14,9 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fqvit.contract import EXP_BITS, LIS_RULES, ZERO_CODE
+
 from .config import QuantConfig
 from .intref.layernorm import affine_params, layernorm
-from .intref.softmax import EXP_BITS, LIS_RULES, ZERO_CODE, exp_table, lis_codes, lis_weights
+from .intref.softmax import exp_table, lis_codes, lis_weights
 from .observers import make_observer
 from .quantizer import QParams, WeightQ, fake_quant, quantize, quantize_weight
 
@@ -166,7 +168,7 @@ def _fqvit_lis(x: torch.Tensor, scale: float) -> torch.Tensor:
     k = torch.floor(torch.log2(big))
     code = k + ((big - 2**k) >= 2 ** (k - 1)).to(x.dtype)
     zero = code >= ZERO_CODE
-    out = torch.pow(2.0, -torch.clamp(code, 0, 15))
+    out = torch.pow(2.0, -torch.clamp(code, 0, ZERO_CODE - 1))
     return out.masked_fill(zero, 0.0)
 
 

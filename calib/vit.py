@@ -11,6 +11,8 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 
+from fqvit.contract import EXP_BITS
+
 from .export import Builder, IntModel
 from .qsim import QuantSim
 
@@ -97,7 +99,7 @@ def export_attention(b: Builder, p: str, attn: nn.Module, in_point: str, rel_bia
         b.add(f"{p}.biased", f"{p}.logits", f"{p}.rel_bias", f"{p}.biased", rel_bias.shape[-1])
         softmax_in = f"{p}.biased"
     b.softmax(f"{p}.softmax", softmax_in)
-    s_p = 2.0**-15 if lis else b.qp(f"{p}.softmax").base
+    s_p = 2.0**-EXP_BITS if lis else b.qp(f"{p}.softmax").base
     b.matmul(f"{p}.attn_v", s_p * s_qkv / b.qp(f"{p}.attn_v").base)
     b.linear(f"{p}.proj", f"{p}.attn_v", f"{p}.proj")
 

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream
 
+from fqvit.contract import CODE_BITS, EXP_BITS, MULT_BITS, SHIFT_BITS
+
 from .unit import StreamUnit
 from .pipeline import CreditPipeline, StallPipeline
-from .requant import MULT_BITS, REQUANT_LATENCY, SHIFT_BITS, requant_stages
+from .requant import REQUANT_LATENCY, requant_stages
 
 __all__ = ["AttnVConfig", "AttnV"]
 
-CODE_BITS = 5  # LIS code 0..15 plus the zero state 16 (any code >= 16 is the zero state, as in the reference)
-FRAC_BITS = 15  # weight of code c is 2**(15 - c)
 LIS_ACC_BITS = 25  # docs/numerics.md: a softmax's LIS row gives |acc| < 1.5 * 255 * 2**15 < 2**24
 REQUANT_STAGES = REQUANT_LATENCY
 
@@ -71,7 +71,7 @@ class AttnVConfig:
     @property
     def acc_bits(self) -> int:
         """Signed accumulator width: max_keys keys of code 0 and |v - z_v| = 255, or an LIS row."""
-        return max(LIS_ACC_BITS, (self.max_keys * 255 << FRAC_BITS).bit_length() + 1)
+        return max(LIS_ACC_BITS, (self.max_keys * 255 << EXP_BITS).bit_length() + 1)
 
     @property
     def steps(self) -> int:

@@ -30,6 +30,8 @@ from amaranth.lib import data, enum, stream
 from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for
 
+from fqvit.contract import FN, LN_RECIP_BITS, MAX_CHANNELS, MAX_FG, PTF_MAX_ALPHA
+
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
@@ -38,15 +40,14 @@ from .requant import REQUANT_LATENCY, requant_stages
 
 __all__ = ["FN", "G_BITS", "B_BITS", "ParamKind", "saturate_beta", "LayerNormConfig", "LayerNormUnit"]
 
-FN = 10  # fractional bits of n: calib.intref.layernorm.FN
-R_BITS = 17  # R in (2**15, 2**16]
+R_BITS = LN_RECIP_BITS + 2  # R in (2**15, 2**16]
 X_BITS = 12  # X = (q - z) << alpha
-X_MAX = 255 << 3  # |X| <= X_MAX
-X_SPAN = 255 << 3  # and all X of a token lie in an interval this wide (one z, alpha <= 3)
+X_MAX = 255 << PTF_MAX_ALPHA  # |X| <= X_MAX
+X_SPAN = 255 << PTF_MAX_ALPHA  # and all X of a token lie in an interval this wide (one z, alpha <= 3)
 N_BITS = 18  # |n| <= sqrt(C-1) * (sqrt(V) / D) * 2**10 + 1/2 < 66 * 2**10 for C <= 4096
 G_BITS = 17  # 16-bit G plus the one value +2**15 that affine_params' rounding can produce
 B_BITS = 49
-FG_BITS = 5  # fg in 0..30 (31 works too)
+FG_BITS = bits_for(MAX_FG)  # fg in 0..30 (31 works too)
 CODE_BITS = 8
 
 
@@ -96,14 +97,13 @@ class LayerNormConfig:
 
     max_channels: int = 1024
 
-    MAX: ClassVar[int] = 4096  # calib.intref.layernorm.MAX_CHANNELS
     LOAD_DEPTH: ClassVar[int] = 3  # input handshake -> X, X**2 -> M1, M2 -> handed to the statistics
     # X read, C*X, - M1, requant_stages for n, G*n, requant_stages for the output
     OUT_DEPTH: ClassVar[int] = 2 + PRODUCT_LATENCY + REQUANT_LATENCY + PRODUCT_LATENCY + REQUANT_LATENCY
     DIV_STEPS: ClassVar[int] = R_BITS
 
     def __post_init__(self):
-        check_int("layernorm", "max_channels", self.max_channels, 1, self.MAX)
+        check_int("layernorm", "max_channels", self.max_channels, 1, MAX_CHANNELS)
 
     @property
     def name(self) -> str:
@@ -162,7 +162,7 @@ class LayerNormConfig:
 
     def param_fields(self, z: int, z_out: int, fg: int, alpha, G, B) -> dict[str, np.ndarray]:
         """The ``params`` beats that load one layer (a CHANNEL write per channel of alpha/G/B, then
-        the LAYER scalars), as field arrays for ``sim.payload.PayloadCodec(param_layout)``."""
+        the LAYER scalars), as field arrays for ``hw.payload.PayloadCodec(param_layout)``."""
         alpha, G = np.asarray(alpha, dtype=np.int64), np.asarray(G, dtype=np.int64)
         n = len(alpha)
         if not 1 <= n <= self.max_channels or len(G) != n or len(B) != n:
@@ -350,11 +350,11 @@ class LayerNormUnit(StreamUnit):
 
         # Stage 0 issues the X read; stage 1 has X; C*X (hw.dsp.wide_product) arrives at stage 4, and
         # C*X - M1 = C * (X - mean) (at most 2 * C * 2040) is registered at stage 5. Stages 6-10:
-        # n = round_shift((C*X - M1) * R, k + 15 - FN), whose clamp to N_BITS never binds.
+        # n = round_shift((C*X - M1) * R, k + LN_RECIP_BITS - FN), whose clamp to N_BITS never binds.
         cx = wide_product(m, token_rp.data, pipe.delay(tok_count, 1, "count"), "cx")
         centred = pipe.reg(cx - pipe.delay(tok_m1, 1 + PRODUCT_LATENCY, "m1"), "centred")
         n_full = requant_stages(pipe, centred, pipe.delay(tok_r, 2 + PRODUCT_LATENCY, "r"),
-                                pipe.delay(tok_k, 3 + PRODUCT_LATENCY, "k") + (15 - FN),
+                                pipe.delay(tok_k, 3 + PRODUCT_LATENCY, "k") + (LN_RECIP_BITS - FN),
                                 0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm")
         n = n_full[:N_BITS].as_signed()
         # G and B are read the stage before n so they arrive with it, not travel from stage 0.

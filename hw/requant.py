@@ -16,6 +16,8 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for, ceil_log2
 
+from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
+
 from .unit import StreamUnit
 from .config import check_int
 from .dsp import PRODUCT_LATENCY, wide_product
@@ -23,10 +25,6 @@ from .pipeline import CreditPipeline
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "REQUANT_LATENCY", "requant_stages", "RequantConfig", "Requantizer"]
 
-MULT_BITS = 16  # calib.intref.requant.MULT_BITS
-SHIFT_BITS = 6  # shifts 1..62
-ACC_BITS = 32
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 REQUANT_LATENCY = PRODUCT_LATENCY + 2  # requant_stages: the product, the shift, round/offset/clamp
 
 

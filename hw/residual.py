@@ -16,11 +16,13 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for, ceil_log2
 
+from fqvit.contract import MULT_BITS, SHIFT_BITS
+
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
 from .dsp import PRODUCT_LATENCY, wide_product
-from .requant import MULT_BITS, REQUANT_LATENCY, SHIFT_BITS, requant_stages
+from .requant import REQUANT_LATENCY, requant_stages
 
 __all__ = ["ResidualConfig", "ResidualAdder"]
 

@@ -26,18 +26,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from calib.intref.softmax import LIS_RULES, ZERO_CODE
+from fqvit.contract import (CODE_BITS, DEFAULT_LIS_RULE, LIS_RULES, LOGIT_BITS, MAX_KEYS, TABLE_BITS, ZERO_CODE,
+                            check_lis_rule)
 
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
 
 __all__ = ["CODE_BITS", "TABLE_BITS", "MAX_KEYS", "SoftmaxConfig", "LisCode", "LisSoftmax"]
-
-LOGIT_BITS = 8  # uint8 logit codes; the table index max - x is 8 bits too
-TABLE_BITS = 16  # EXP entries are <= 2**15 (calib.intref.softmax.EXP_BITS); the port takes any 16-bit value
-CODE_BITS = bits_for(ZERO_CODE)  # 0..15 and the zero state 16
-MAX_KEYS = 1024
 
 
 def den_sum_bits(rule: str, max_keys: int) -> int:
@@ -49,10 +45,11 @@ def den_sum_bits(rule: str, max_keys: int) -> int:
 @dataclass(frozen=True)
 class SoftmaxConfig:
     """max_keys: longest row (keys per query) the row buffers hold; rule: the LIS rounding rule
-    (a ``calib.intref.softmax.LIS_RULES`` name), fixed at build time."""
+    (a ``fqvit.contract.LIS_RULES`` name), fixed at build time; the table port takes any 16-bit
+    value, not only the EXP entries (<= 2**15)."""
 
     max_keys: int = 256
-    rule: str = "fqvit"
+    rule: str = DEFAULT_LIS_RULE
 
     # Cycles, unstalled, for rows of N keys (see `latency` and `row_interval`).
     LATENCY_OFFSET: ClassVar[int] = 10 + CreditPipeline.FIFO_LATENCY
@@ -61,8 +58,7 @@ class SoftmaxConfig:
 
     def __post_init__(self):
         check_int("softmax", "max_keys", self.max_keys, 1, MAX_KEYS)
-        if not isinstance(self.rule, str) or self.rule not in LIS_RULES:
-            raise ValueError(f"softmax rule must be one of {sorted(LIS_RULES)}, got {self.rule!r}")
+        check_lis_rule(self.rule, "softmax rule")
 
     @property
     def name(self) -> str:

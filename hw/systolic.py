@@ -20,15 +20,16 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from fqvit.contract import ACC_BITS, MAX_ARRAY_DIM
+
 from .dsp import RegisteredMultiplier
 from .fifo import LutRamFifo
 
-__all__ = ["SystolicConfig", "SystolicArray", "ProcessingElement"]
+__all__ = ["SystolicConfig", "parse_array", "SystolicArray", "ProcessingElement"]
 
 CODE_BITS = 8  # operand codes: uint8 activations, int8 weights
 ZERO_BITS = 9  # signed zero point: covers both the uint8 (0..255) and the int8 (-128..127) range
 CENTERED_BITS = 10  # code - zero point for any encodable pair, so the subtraction never wraps
-ACC_BITS = 32  # int32 accumulators, the numerical contract's GEMM width
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,7 @@ class SystolicConfig:
     rows: int = 8
     cols: int = 8
 
-    MAX_DIM: ClassVar[int] = 32  # beyond this the Verilator build of the flat mesh gets slow and
-    # an ECP5-85F has no room anyway (156 multipliers, i.e. 12x12)
+    MAX_DIM: ClassVar[int] = MAX_ARRAY_DIM
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -112,6 +112,19 @@ class SystolicConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """An array size written ``RxC`` (``"8x8"``) as (rows, cols), each in 1..MAX_DIM; ValueError
+    says what is wrong. The CLIs' ``--array`` option."""
+    try:
+        rows, cols = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"array must be RxC, two integers joined by 'x' (e.g. 8x8), got {text!r}") from None
+    for name, value in (("rows", rows), ("cols", cols)):
+        if not 1 <= value <= SystolicConfig.MAX_DIM:
+            raise ValueError(f"array {name} must be in 1..{SystolicConfig.MAX_DIM}, got {value}")
+    return rows, cols
 
 
 class ProcessingElement(wiring.Component):

@@ -34,6 +34,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, Component
 from amaranth.utils import bits_for
 
+from fqvit.contract import ACC_BITS, DEFAULT_LIS_RULE, MAX_CHANNELS, MAX_KEYS
+
 from .attnv import AttnV, AttnVConfig
 from .config import check_int
 from .gelu import Gelu, GeluConfig
@@ -80,22 +82,22 @@ class TopConfig:
     weight_kib: int = 64
     max_channels: int = 1024
     max_keys: int = 256
-    softmax_rule: str = "nearest"
+    softmax_rule: str = DEFAULT_LIS_RULE
 
     def __post_init__(self):
         check_int("top", "rows", self.rows, 1, SystolicConfig.MAX_DIM)
         check_int("top", "cols", self.cols, 1, SystolicConfig.MAX_DIM)
         check_int("top", "act_kib", self.act_kib, 1, 1024)
         check_int("top", "weight_kib", self.weight_kib, 1, 4096)
-        check_int("top", "max_channels", self.max_channels, 1, LayerNormConfig.MAX)
-        check_int("top", "max_keys", self.max_keys, 1, 1024)
+        check_int("top", "max_channels", self.max_channels, 1, MAX_CHANNELS)
+        check_int("top", "max_keys", self.max_keys, 1, MAX_KEYS)
         self.units()  # the unit configs validate the rest (e.g. the softmax rule)
 
     def units(self) -> dict:
         return {
             "systolic": SystolicConfig(self.rows, self.cols),
             "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels),
-            "gelu": GeluConfig(lanes=self.cols, side_bits=32 * self.cols),  # side: the requantized row
+            "gelu": GeluConfig(lanes=self.cols, side_bits=ACC_BITS * self.cols),  # side: the requantized row
             "layernorm": LayerNormConfig(max_channels=self.max_channels),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
             "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys),
@@ -146,7 +148,7 @@ class TopConfig:
     @property
     def epilogue_layout(self) -> data.StructLayout:
         return data.StructLayout({
-            "data": data.ArrayLayout(signed(32), self.cols),
+            "data": data.ArrayLayout(signed(ACC_BITS), self.cols),
             "gelu": data.ArrayLayout(unsigned(8), self.cols),
             "keep": unsigned(self.cols),
             "last": unsigned(1),
@@ -275,27 +277,28 @@ class Accelerator(Component):
         for unit in units.values():
             m.d.comb += unit.inp.payload.eq(self.din.payload[:unit.inp.payload.shape().size])
 
-        with m.Switch(cur.op):
-            with m.Case(Op.LOAD_WEIGHT):
-                m.d.comb += [din_ready.eq(take), wwp.en.eq(din_fire)]
-            with m.Case(Op.PARAMS):
-                with m.Switch(cur.unit):
-                    for uid, port in param_ports.items():
-                        with m.Case(uid):
-                            m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
-            with m.Case(Op.STREAM):
-                with m.Switch(cur.unit):
-                    for uid, unit in units.items():
-                        with m.Case(uid):
-                            m.d.comb += [
-                                din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
-                                dout_valid.eq(unit.out.valid), unit.out.ready.eq(self.dout.ready & open_out),
-                                dout_payload.eq(unit.out.payload.as_value()),
-                            ]
-            with m.Case(Op.MATMUL):
-                m.d.comb += [
-                    dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(self.dout.ready & open_out),
-                ]
+        # If/Elif, not Switch/Case: Amaranth writes a Switch that leaves codes out (LOAD_ACT, the
+        # unused op and unit codes) as a Verilog `case` without `default`, which Verilator's lint
+        # flags (CASEINCOMPLETE), and an empty Default is dropped. The units are exclusive, so
+        # each unit's If stands alone.
+        with m.If(cur.op == Op.LOAD_WEIGHT):
+            m.d.comb += [din_ready.eq(take), wwp.en.eq(din_fire)]
+        with m.Elif(cur.op == Op.PARAMS):
+            for uid, port in param_ports.items():
+                with m.If(cur.unit == uid):
+                    m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
+        with m.Elif(cur.op == Op.STREAM):
+            for uid, unit in units.items():
+                with m.If(cur.unit == uid):
+                    m.d.comb += [
+                        din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
+                        dout_valid.eq(unit.out.valid), unit.out.ready.eq(self.dout.ready & open_out),
+                        dout_payload.eq(unit.out.payload.as_value()),
+                    ]
+        with m.Elif(cur.op == Op.MATMUL):
+            m.d.comb += [
+                dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(self.dout.ready & open_out),
+            ]
 
         # MATMUL operand issue: one stall-together stage, the buffers' read ports hold their data
         # while the array is not ready.

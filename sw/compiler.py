@@ -19,10 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from hw.lanes import bank_addresses, from_lanes, lane_beats
+from hw.payload import PayloadCodec
 from hw.top import COUNT_BITS, Op, TopConfig, UnitId
-from sim.payload import PayloadCodec
-
-from .lanes import bank_addresses, from_lanes, lane_beats
 
 __all__ = ["CompileError", "Program", "Compiler"]
 
@@ -286,5 +285,5 @@ class Compiler:
                       shift=np.full(beats, shift))
         groups = beats // a2.shape[0]
         self._stream(prog, "residual", UnitId.RESIDUAL, fields, groups, groups)
-        prog.decode = lambda words: from_lanes(self.codecs["residual"][2].decode(words)["data"], c).reshape(a.shape)
+        prog.decode = lambda words: torch.from_numpy(from_lanes(self.codecs["residual"][2].decode(words)["data"], c)).reshape(a.shape)
         return prog

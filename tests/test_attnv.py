@@ -5,66 +5,32 @@ import re
 
 import pytest
 import torch
-from amaranth import Value
-from amaranth.sim import Simulator
 
 from calib.intref.softmax import ZERO_CODE
 from hw.attnv import AttnV, AttnVConfig
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
+from sim.pysim import StreamBench
 from sim.tb.attnv import Head, random_head, requant_for, shift_ladder_heads
 
 
 def run_pysim(cfg: AttnVConfig, heads: list[Head], stall: float, seed: int):
     """Stream the heads back to back with random stalls on both sides; return the output fields
     and the cycles of the input and output handshakes."""
-    rnd_in, rnd_out = random.Random(seed), random.Random(seed + 1)
     dut = AttnV(cfg)
     in_codec, out_codec = PayloadCodec(cfg.in_layout), PayloadCodec(cfg.out_layout)
     words = [w for head in heads for w in in_codec.encode(head.key_fields(cfg))]
     rows = sum(head.out_rows(cfg) for head in heads)
-    received, accepted_at, received_at = [], [], []
-    cycle = 0
-
-    async def clock(ctx):
-        nonlocal cycle
-        while True:
-            await ctx.tick()
-            cycle += 1
-
-    async def producer(ctx):
-        for word in words:
-            while rnd_in.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.inp.valid, 1)
-            ctx.set(Value.cast(dut.inp.payload), word)
-            await ctx.tick().until(dut.inp.ready)
-            accepted_at.append(cycle)
-            ctx.set(dut.inp.valid, 0)
-
-    async def consumer(ctx):
-        while len(received) < rows:
-            while rnd_out.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.out.ready, 1)
-            (word,) = await ctx.tick().sample(Value.cast(dut.out.payload)).until(dut.out.valid)
-            received_at.append(cycle)
-            ctx.set(dut.out.ready, 0)
-            received.append(word)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_process(clock)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run_until(1e-6 * (len(words) + rows * cfg.steps + cfg.latency + 20) * (1 + 4 * stall))
-    assert len(received) == rows, f"got {len(received)} of {rows} output rows"
-    fields = out_codec.decode(received)
+    bench = StreamBench(dut, seed)
+    source = bench.send([(dut.inp, words)], idle=stall)
+    sink = bench.receive(dut.out, rows, idle=stall)
+    bench.run()
+    fields = out_codec.decode(sink.words)
     parts, r = [], 0
     for head in heads:
         n = head.out_rows(cfg)
         parts.append({k: value[r:r + n] for k, value in fields.items()})
         r += n
-    return parts, accepted_at, received_at
+    return parts, source.accepted_at(dut.inp), sink.received_at
 
 
 def small_heads(cfg: AttnVConfig, seed: int) -> list[Head]:

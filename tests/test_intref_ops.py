@@ -118,7 +118,10 @@ def test_lis_fqvit_rule_is_log_round():
 def test_lis_edge_rows():
     table = exp_table(0.1)
     equal = torch.full((1, 17), 99)
-    assert lis_codes(equal, table).tolist() == [[4] * 17]  # R = 17: floor(log2) = 4, 17 < 24
+    assert lis_codes(equal, table, LIS_RULES["fqvit"]).tolist() == [[4] * 17]  # R = 17: floor(log2) = 4, 17 < 24
+    twenty_two = torch.full((1, 22), 99)  # R = 22: fqvit 1.5 * 8 <= 22 < 1.5 * 16, nearest 22 >= 4/3 * 16
+    assert lis_codes(twenty_two, table, LIS_RULES["fqvit"]).tolist() == [[4] * 22]
+    assert lis_codes(twenty_two, table).tolist() == [[5] * 22]  # the default rule is nearest
     dominant = torch.zeros((1, 197), dtype=torch.int64)
     dominant[0, 5] = 255
     codes = lis_codes(dominant, table)

@@ -1,73 +1,34 @@
 """The LIS softmax unit in Amaranth's own simulator (small configurations), its config and LisCode."""
 
-import random
-
 import pytest
 import torch
-from amaranth import Value
 from amaranth.sim import Simulator
 
 from calib.intref.softmax import LIS_RULES, ZERO_CODE, exp_table, lis_codes
+from hw.payload import PayloadCodec
 from hw.softmax import LisCode, LisSoftmax, SoftmaxConfig, den_sum_bits
-from sim.payload import PayloadCodec
+from sim.pysim import StreamBench
 from sim.scoreboard import assert_bit_exact
 
 
 def run_pysim(cfg, table, rows, stall=0.0, seed=0, out_stall=None):
     """Write `table`, stream `rows` [(x, mask)] back to back (input gaps with probability `stall`,
     back-pressure `out_stall`, by default the same); return (codes, lasts, in/out cycles)."""
-    rnd = random.Random(seed)
     out_stall = stall if out_stall is None else out_stall
     dut = LisSoftmax(cfg)
     in_codec, out_codec = PayloadCodec(cfg.in_layout), PayloadCodec(cfg.out_layout)
-    p_codec = PayloadCodec(cfg.param_layout)
-    params = p_codec.encode({"addr": torch.arange(256).numpy(), "value": table.numpy()})
+    params = PayloadCodec(cfg.param_layout).encode({"addr": torch.arange(256).numpy(), "value": table.numpy()})
     x = torch.cat([r[0] for r in rows]).numpy()
     mask = torch.cat([r[1] for r in rows]).numpy()
     last = torch.cat([torch.arange(len(r[0])) == len(r[0]) - 1 for r in rows]).numpy()
     words = in_codec.encode({"x": x, "mask": mask, "last": last})
-    received, accepted_at, received_at = [], [], []
-    cycle = [0]
-
-    async def clock_count(ctx):
-        async for _ in ctx.tick():
-            cycle[0] += 1
-
-    async def producer(ctx):
-        for word in params:
-            ctx.set(dut.params.valid, 1)
-            ctx.set(Value.cast(dut.params.payload), word)
-            await ctx.tick()
-        ctx.set(dut.params.valid, 0)
-        for word in words:
-            while rnd.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.inp.valid, 1)
-            ctx.set(Value.cast(dut.inp.payload), word)
-            await ctx.tick().until(dut.inp.ready)
-            accepted_at.append(cycle[0])
-            ctx.set(dut.inp.valid, 0)
-
-    async def consumer(ctx):
-        while len(received) < len(words):
-            while rnd.random() < out_stall:
-                await ctx.tick()
-            ctx.set(dut.out.ready, 1)
-            (word,) = await ctx.tick().sample(Value.cast(dut.out.payload)).until(dut.out.valid)
-            received_at.append(cycle[0])
-            ctx.set(dut.out.ready, 0)
-            received.append(word)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_process(clock_count)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    budget = 256 + sum(3 * len(r[0]) + 10 for r in rows)
-    sim.run_until(1e-6 * budget / (1 - max(stall, out_stall)) * 2)
-    assert len(received) == len(words), f"got {len(received)} of {len(words)} codes"
-    fields = out_codec.decode(received)
-    return torch.from_numpy(fields["code"]), torch.from_numpy(fields["last"]), accepted_at, received_at
+    bench = StreamBench(dut, seed)
+    source = bench.send([(dut.params, params), (dut.inp, words)], idle=stall)
+    sink = bench.receive(dut.out, len(words), idle=out_stall, drain=cfg.latency(cfg.max_keys))
+    bench.run()
+    fields = out_codec.decode(sink.words)
+    return (torch.from_numpy(fields["code"]), torch.from_numpy(fields["last"]), source.accepted_at(dut.inp),
+            sink.received_at)
 
 
 def check_rows(cfg, table, rows, codes, lasts):
@@ -204,11 +165,11 @@ def test_config_refuses_unknown_rule(value):
 
 
 def test_config_names_widths_and_timing():
-    assert SoftmaxConfig().name == "lis_softmax_256k_fqvit"
-    assert SoftmaxConfig(64, "nearest").name == "lis_softmax_64k_nearest"
+    assert SoftmaxConfig().name == "lis_softmax_256k_nearest"  # the project's default rule
+    assert SoftmaxConfig(64, "fqvit").name == "lis_softmax_64k_fqvit"
     assert (SoftmaxConfig().sum_bits, SoftmaxConfig(1024).sum_bits) == (24, 26)
     assert (SoftmaxConfig(1024, "fqvit").den_sum_bits, SoftmaxConfig(1024, "nearest").den_sum_bits) == (27, 28)
     cfg = SoftmaxConfig(197)
     assert (cfg.latency(197), cfg.row_interval(197), cfg.row_interval(2)) == (209, 198, 5)
     assert cfg.timing()["row_interval"] == "max(N + 1, 5)"
-    assert cfg.to_dict() == {"max_keys": 197, "rule": "fqvit"}
+    assert cfg.to_dict() == {"max_keys": 197, "rule": "nearest"}

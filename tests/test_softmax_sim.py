@@ -50,7 +50,7 @@ def test_lis_code_every_e_in_verilator(tmp_path):
                         seed=4999, test_dir=tmp_path)
 
 
-@pytest.mark.parametrize("config", [SoftmaxConfig(1, "nearest"), SoftmaxConfig(197), SoftmaxConfig(1024)],
+@pytest.mark.parametrize("config", [SoftmaxConfig(1), SoftmaxConfig(197, "fqvit"), SoftmaxConfig(1024, "fqvit")],
                          ids=["1k", "197k", "1024k"])
 def test_other_sizes_lint_clean(config, tmp_path):
     generated = generate(LisSoftmax(config), "softmax", config.timing())

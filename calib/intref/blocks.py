@@ -17,7 +17,8 @@ from .requant import requantize
 from .residual import add_requant
 from .softmax import lis_codes, softmax_u8
 
-__all__ = ["Tracer", "RefOps", "REF", "lin", "norm", "add", "mha", "mlp"]
+__all__ = ["Tracer", "RefOps", "REF", "lin", "norm", "add", "mha", "mlp",
+           "lin_tensors", "norm_tensors", "add_tensors", "mha_tensors", "mlp_tensors"]
 
 
 class RefOps:
@@ -74,7 +75,7 @@ def lin(im, name: str, x: torch.Tensor, in_point: str, out_point: str | None, op
     """Linear layer `name` on codes of `in_point`; out_point None gives int32 logits. With
     `gelu_table`, returns (codes, GELU codes)."""
     t = im.tensors
-    out, g = ops.linear(x, t[f"{name}.w"], im.zero(in_point), t.get(f"{name}.b"), t[f"{name}.mult"],
+    out, g = ops.linear(x, t[f"{name}.w"], im.zero(in_point), t[f"{name}.b"], t[f"{name}.mult"],
                         t[f"{name}.shift"], 0 if out_point is None else im.zero(out_point), out_point is None,
                         gelu_table)
     return out if gelu_table is None else (out, g)
@@ -140,3 +141,25 @@ def mlp(im, p: str, x: torch.Tensor, in_point: str, rec: Tracer, ops=REF) -> tor
     rec(f"{p}.fc1", h)
     g = rec(f"{p}.gelu", g)
     return rec(f"{p}.fc2", lin(im, f"{p}.fc2", g, f"{p}.gelu", f"{p}.fc2", ops))
+
+
+# The tensors each layer above reads from the IntModel: export.load checks that a file holds
+# exactly those of its network, so a missing tensor cannot quietly become a default.
+def lin_tensors(name: str) -> list[str]:
+    return [f"{name}.{k}" for k in ("w", "b", "mult", "shift")]
+
+
+def norm_tensors(name: str) -> list[str]:
+    return [f"{name}.G", f"{name}.B"]
+
+
+def add_tensors(name: str) -> list[str]:
+    return [f"{name}.ma", f"{name}.mb"]
+
+
+def mha_tensors(p: str) -> list[str]:
+    return [*lin_tensors(f"{p}.qkv"), f"{p}.softmax.exp", *lin_tensors(f"{p}.proj")]
+
+
+def mlp_tensors(p: str) -> list[str]:
+    return [*lin_tensors(f"{p}.fc1"), f"{p}.gelu", *lin_tensors(f"{p}.fc2")]

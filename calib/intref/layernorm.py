@@ -27,12 +27,11 @@ The only division is one reciprocal per token (``R``); there is no eps, as in FQ
 import numpy as np
 import torch
 
+from fqvit.contract import FN, LN_RECIP_BITS, MAX_CHANNELS, MAX_FG
+
 from .requant import round_shift
 
 __all__ = ["FN", "MAX_CHANNELS", "isqrt", "bit_length", "affine_params", "layernorm"]
-
-FN = 10
-MAX_CHANNELS = 4096
 _SQRT_BITS = 24  # isqrt of a 47-bit value
 
 
@@ -63,7 +62,7 @@ def affine_params(gamma, beta, s_out, what: str = "layernorm") -> tuple[torch.Te
     b = np.asarray(beta, np.float64) / s_out
     top = float(np.abs(g).max())
     fg = 14 - int(np.floor(np.log2(top))) if top > 0 else 14
-    fg = min(fg, 30)
+    fg = min(fg, MAX_FG)
     if fg < 0:
         raise ValueError(f"{what}: |gamma| / s_out = {top:g} is too large for a 16-bit quantized gamma")
     G = torch.from_numpy(np.rint(g * 2.0**fg).astype(np.int64))
@@ -82,8 +81,8 @@ def layernorm(q: torch.Tensor, z: int, alpha: torch.Tensor, G: torch.Tensor, B: 
     m2 = (x * x).sum(dim=-1, keepdim=True)
     d = isqrt(C * m2 - m1 * m1)
     k = bit_length(d)
-    r = torch.where(d > 0, torch.div(torch.bitwise_left_shift(torch.ones_like(d), 15 + k),
+    r = torch.where(d > 0, torch.div(torch.bitwise_left_shift(torch.ones_like(d), LN_RECIP_BITS + k),
                                       torch.clamp(d, min=1), rounding_mode="floor"), torch.zeros_like(d))
-    n = round_shift((C * x - m1) * r, k + 15 - FN)
+    n = round_shift((C * x - m1) * r, k + LN_RECIP_BITS - FN)
     y = round_shift(G.to(torch.int64) * n + B.to(torch.int64), FN + fg)
     return torch.clamp(y + z_out, 0, 255)

@@ -10,12 +10,14 @@ accumulator itself (the classifier's logits).
 
 import torch
 
+from fqvit.contract import INT32_MAX, INT32_MIN
+
 from .gemm import INT8, UINT8, matmul_codes
 from .requant import requantize
 
 __all__ = ["linear_acc", "linear", "INT32_RANGE"]
 
-INT32_RANGE = (-(2**31), 2**31 - 1)
+INT32_RANGE = (INT32_MIN, INT32_MAX)
 
 
 def linear_acc(x: torch.Tensor, w: torch.Tensor, z_x: int, bias: torch.Tensor | None) -> torch.Tensor:

@@ -13,10 +13,9 @@ hardware). ``dyadic`` runs offline at export time; everything else is integer-on
 import numpy as np
 import torch
 
-__all__ = ["MULT_BITS", "dyadic", "round_shift", "requantize", "check_mult"]
+from fqvit.contract import MAX_SHIFT, MULT_BITS
 
-MULT_BITS = 16
-MAX_SHIFT = 62
+__all__ = ["MULT_BITS", "dyadic", "round_shift", "requantize", "check_mult"]
 
 
 def dyadic(real, what: str = "multiplier", bits: int = MULT_BITS) -> tuple[torch.Tensor, torch.Tensor]:

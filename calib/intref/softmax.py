@@ -32,14 +32,12 @@ import math
 
 import torch
 
+from fqvit.contract import DEFAULT_LIS_RULE, EXP_BITS, LIS_RULES, LOGIT_BITS, RECIP_BITS, ZERO_CODE
+
 from .requant import round_shift
 
 __all__ = ["EXP_BITS", "ZERO_CODE", "LIS_RULES", "exp_table", "exp_rows", "lis_codes", "softmax_u8", "lis_weights"]
 
-EXP_BITS = 15
-ZERO_CODE = 16
-RECIP_BITS = 24
-LIS_RULES = {"fqvit": (3, 2), "nearest": (4, 3)}
 _POW2 = torch.tensor([1 << t for t in range(ZERO_CODE)], dtype=torch.int64)
 
 
@@ -47,7 +45,7 @@ def exp_table(scale: float) -> torch.Tensor:
     """Offline: ``EXP[d] = round(2**15 * exp(-scale * d))`` for d in 0..255 (int64 [256])."""
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"softmax input scale must be positive and finite, got {scale}")
-    return torch.tensor([round(2**EXP_BITS * math.exp(-scale * d)) for d in range(256)], dtype=torch.int64)
+    return torch.tensor([round(2**EXP_BITS * math.exp(-scale * d)) for d in range(1 << LOGIT_BITS)], dtype=torch.int64)
 
 
 def exp_rows(x: torch.Tensor, table: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +64,7 @@ def exp_rows(x: torch.Tensor, table: torch.Tensor, mask: torch.Tensor | None = N
     return e, e.sum(dim=-1, keepdim=True)
 
 
-def lis_codes(x: torch.Tensor, table: torch.Tensor, rule: tuple[int, int] = LIS_RULES["fqvit"],
+def lis_codes(x: torch.Tensor, table: torch.Tensor, rule: tuple[int, int] = LIS_RULES[DEFAULT_LIS_RULE],
               mask: torch.Tensor | None = None) -> torch.Tensor:
     """4-bit log2 codes (int64, 0..15, or ZERO_CODE = 16) of the softmax of each row of x."""
     num, den = rule

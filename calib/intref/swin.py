@@ -6,11 +6,11 @@ movement on codes; the shift mask only selects which keys take part in a softmax
 
 import torch
 
-from .blocks import Tracer, add, lin, mha, mlp, norm
+from .blocks import Tracer, add, add_tensors, lin, lin_tensors, mha, mha_tensors, mlp, mlp_tensors, norm, norm_tensors
 from .requant import requantize
 from .vit import patchify
 
-__all__ = ["window_split", "window_merge", "shift_mask", "forward"]
+__all__ = ["window_split", "window_merge", "shift_mask", "forward", "tensor_names"]
 
 
 def window_split(x: torch.Tensor, window, shift) -> torch.Tensor:
@@ -91,3 +91,25 @@ def forward(im, codes: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
     pooled = rec("pool", requantize(total, torch.tensor(im.i("pool.mult")), torch.tensor(im.i("pool.shift")),
                                     im.zero("pool")))
     return rec("logits", lin(im, "head", pooled, "pool", None))
+
+
+def tensor_names(config: dict, ptf: bool) -> set[str]:
+    """Every tensor `forward` reads from a model of this config: with PTF, the shifts of each
+    LayerNorm input but the first (the patch embedding's output is per tensor)."""
+    names = [*lin_tensors("patch_embed"), *norm_tensors("patch_embed.norm")]
+    ptf_points = ["patch_embed.norm"]
+    for s, depth in enumerate(config["depths"]):
+        if config["downsample"][s]:
+            p = f"layers.{s}.downsample"
+            names += [*norm_tensors(f"{p}.norm"), *lin_tensors(f"{p}.reduction")]
+            ptf_points.append(f"{p}.reduction")
+        for i in range(depth):
+            p, a = f"layers.{s}.blocks.{i}", f"layers.{s}.blocks.{i}.attn"
+            names += [*norm_tensors(f"{p}.norm1"), *mha_tensors(a), f"{a}.rel_bias", *add_tensors(f"{a}.biased"),
+                      *add_tensors(f"{p}.add1"), *norm_tensors(f"{p}.norm2"), *mlp_tensors(f"{p}.mlp"),
+                      *add_tensors(f"{p}.add2")]
+            ptf_points += [f"{p}.add1", f"{p}.add2"]
+    names += [*norm_tensors("norm"), *lin_tensors("head")]
+    if ptf:
+        names += [f"alpha.{point}" for point in ptf_points]
+    return set(names)

@@ -5,9 +5,21 @@ Mirrors calib/vit.py's forward point for point; docs/numerics.md lists the ops.
 
 import torch
 
-from .blocks import REF, Tracer, add, lin, mha, mlp, norm
+from .blocks import REF, Tracer, add, add_tensors, lin, lin_tensors, mha, mha_tensors, mlp, mlp_tensors, norm, norm_tensors
 
-__all__ = ["forward", "patchify"]
+__all__ = ["forward", "tensor_names", "patchify", "PRE_OPS", "BLOCK_OPS", "HEAD_OPS", "op_sequence"]
+
+# The ops `forward` calls, in order (the ops API's method names): what a backend runs, and what the
+# bench's analytic model (sw/bench.py) adds up from a simulated first block.
+PRE_OPS = ("linear", "add")  # patch embedding, position-embedding add
+BLOCK_OPS = ("layernorm", "linear", "logits", "softmax_lis", "attn_v", "linear", "add",  # norm1 .. proj, add
+             "layernorm", "linear", "linear", "add")  # norm2, fc1 (GELU on its output), fc2, add
+HEAD_OPS = ("layernorm", "linear")  # final LayerNorm, classifier head
+
+
+def op_sequence(blocks: int, head: bool = True) -> tuple[str, ...]:
+    """The ops of a forward through `blocks` blocks; without the head for a partial run."""
+    return PRE_OPS + blocks * BLOCK_OPS + (HEAD_OPS if head else ())
 
 
 def patchify(codes: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -41,3 +53,17 @@ def forward(im, codes: torch.Tensor, trace: dict | None = None, ops=REF, depth: 
         return r
     h = rec("norm", norm(im, "norm", r, f"resid.{2 * c['depth']}", ops=ops))
     return rec("logits", lin(im, "head", h[:, 0], "norm", None, ops))
+
+
+def tensor_names(config: dict, ptf: bool) -> set[str]:
+    """Every tensor `forward` reads from a model of this config: with PTF, the shifts of each
+    LayerNorm input (the residual stream)."""
+    names = [*lin_tensors("patch_embed"), "cls", "pos", *add_tensors("resid.0")]
+    for i in range(config["depth"]):
+        p, j = f"blocks.{i}", 2 * i
+        names += [*norm_tensors(f"{p}.norm1"), *mha_tensors(f"{p}.attn"), *add_tensors(f"resid.{j + 1}"),
+                  *norm_tensors(f"{p}.norm2"), *mlp_tensors(f"{p}.mlp"), *add_tensors(f"resid.{j + 2}")]
+    names += [*norm_tensors("norm"), *lin_tensors("head")]
+    if ptf:
+        names += [f"alpha.resid.{j}" for j in range(2 * config["depth"] + 1)]
+    return set(names)

@@ -2,7 +2,8 @@
 
 Amaranth flattens a ``data.StructLayout`` payload into one port; this codec maps field arrays
 (one entry per beat) to those integers and back, vectorised with NumPy so a testbench can
-prepare a whole stream before the simulation runs.
+prepare a whole stream before the simulation runs. It is the units' port encoding, so it lives
+with the units: the compiler (sw/compiler.py) and the testbenches (sim/tb/) both use it.
 """
 
 from dataclasses import dataclass

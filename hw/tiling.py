@@ -2,16 +2,19 @@
 
 The array computes one R x C output tile per pass over K. ``operand_beats`` lays out the beat
 sequence that streams every tile through ``hw.systolic.SystolicArray`` (field arrays, one entry
-per beat), and ``assemble`` puts the result rows it emits back into the M x N matrix. Ragged
-edge tiles are sent with their real ``rows``/``cols``; the array masks the rest.
+per beat, for ``SystolicConfig.operand_layout``), and ``assemble`` puts the result rows it emits
+back into the M x N matrix. Ragged edge tiles are sent with their real ``rows``/``cols``; the
+array masks the rest. This is the array's port contract, so it lives beside the array: the
+systolic testbench (sim/tb/systolic.py) and the tests build their beats here. Arrays in and out
+are NumPy (anything ``np.asarray`` takes, e.g. a CPU torch tensor), so the hardware package never
+needs torch.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from calib.intref.gemm import INT8, UINT8, CodeSpec, check_operands
+from fqvit.contract import INT8, UINT8, CodeSpec, check_code_values, check_no_overflow
 
 __all__ = ["Tile", "tile_grid", "operand_beats", "assemble"]
 
@@ -33,25 +36,40 @@ def tile_grid(m: int, n: int, rows: int, cols: int) -> list[Tile]:
     ]
 
 
+def _codes(name: str, codes, spec: CodeSpec, zero: int) -> np.ndarray:
+    """`codes` as a NumPy matrix; ValueError naming what is wrong unless they are valid `spec` codes."""
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an integer tensor of {spec} codes, got dtype {codes.dtype}")
+    if codes.ndim != 2:
+        raise ValueError(f"{name} must be a matrix, got shape {codes.shape}")
+    check_code_values(name, *((int(codes.min()), int(codes.max())) if codes.size else (None, None)), spec, zero)
+    return codes
+
+
 def operand_beats(
-    a: torch.Tensor, b: torch.Tensor, za: int, zb: int, rows: int, cols: int,
-    a_spec: CodeSpec = UINT8, b_spec: CodeSpec = INT8,
+    a, b, za: int, zb: int, rows: int, cols: int, a_spec: CodeSpec = UINT8, b_spec: CodeSpec = INT8,
 ) -> tuple[list[Tile], dict[str, np.ndarray]]:
     """The tiles and the operand beats (one per tile per k) that compute ``(a - za) @ (b - zb)``.
 
-    Lanes past a ragged edge are sent as zeros; the array ignores them.
+    Refuses (ValueError) what the array cannot compute exactly: codes outside their spec, unequal
+    inner dimensions, a K that could overflow the int32 accumulators, an empty product. Lanes past
+    a ragged edge are sent as zeros; the array ignores them.
     """
-    check_operands(a, b, za, zb, a_spec, b_spec)
+    a, b = _codes("A", a, a_spec, za), _codes("B", b, b_spec, zb)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
+    check_no_overflow(a.shape[1], a_spec, za, b_spec, zb)
     m, k = a.shape
     if k == 0 or m == 0 or b.shape[1] == 0:
-        raise ValueError(f"empty matmul: A is {tuple(a.shape)}, B is {tuple(b.shape)}")
+        raise ValueError(f"empty matmul: A is {a.shape}, B is {b.shape}")
     n = b.shape[1]
     tiles = tile_grid(m, n, rows, cols)
     # Pad to whole tiles once, then cut every tile out of the padded views.
     a_pad = np.zeros((len(range(0, m, rows)) * rows, k), dtype=np.int64)
-    a_pad[:m] = a.numpy()
+    a_pad[:m] = a
     b_pad = np.zeros((k, len(range(0, n, cols)) * cols), dtype=np.int64)
-    b_pad[:, :n] = b.numpy()
+    b_pad[:, :n] = b
     a_lanes = np.concatenate([a_pad[t.m0:t.m0 + rows].T for t in tiles])  # (T*K, R)
     b_lanes = np.concatenate([b_pad[:, t.n0:t.n0 + cols] for t in tiles])  # (T*K, C)
     beats = len(tiles) * k
@@ -71,7 +89,7 @@ def operand_beats(
     return tiles, fields
 
 
-def assemble(tiles: list[Tile], m: int, n: int, results: dict[str, np.ndarray]) -> torch.Tensor:
+def assemble(tiles: list[Tile], m: int, n: int, results: dict[str, np.ndarray]) -> np.ndarray:
     """Scatter emitted result rows (fields ``data``, ``keep``, ``last``) into the M x N int32 result.
 
     Raises AssertionError if the rows do not have the shape the tiles imply: a missing, extra or
@@ -80,7 +98,7 @@ def assemble(tiles: list[Tile], m: int, n: int, results: dict[str, np.ndarray]) 
     data, keep, last = results["data"], results["keep"], results["last"]
     expected_rows = sum(t.rows for t in tiles)
     assert len(data) == expected_rows, f"array emitted {len(data)} result rows, expected {expected_rows}"
-    out = torch.zeros((m, n), dtype=torch.int32)
+    out = np.zeros((m, n), dtype=np.int32)
     r = 0
     for index, t in enumerate(tiles):
         block = slice(r, r + t.rows)
@@ -88,7 +106,6 @@ def assemble(tiles: list[Tile], m: int, n: int, results: dict[str, np.ndarray]) 
         want_last[-1] = 1
         assert np.array_equal(last[block], want_last), f"tile {index} {t}: 'last' flags {last[block]}"
         assert np.all(keep[block] == (1 << t.cols) - 1), f"tile {index} {t}: 'keep' masks {keep[block]}"
-        out[t.m0:t.m0 + t.rows, t.n0:t.n0 + t.cols] = torch.from_numpy(
-            data[block, :t.cols].astype(np.int32))
+        out[t.m0:t.m0 + t.rows, t.n0:t.n0 + t.cols] = data[block, :t.cols]
         r += t.rows
     return out
