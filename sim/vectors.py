@@ -3,15 +3,15 @@
 Unit testbenches feed the hardware the activations it meets in a real network (LayerNorm inputs
 with their PTF shifts, softmax inputs with their exp tables, ...), not only random numbers.
 ``digits_vectors()`` calibrates the embedded digits model (PTF + LIS, MinMax), exports it, runs the
-integer reference on a few test images with a trace, and caches (model file, trace) under
-``build/vectors/``; later calls load the cache.
+integer reference on a few test images with a trace, and caches (model file, trace) in the per-user
+cache (``fqvit.cache``, part ``vectors``); later calls load the cache.
 """
 
 from pathlib import Path
 
 import torch
 
-from sim.toolchain import build_root
+from fqvit import cache
 
 __all__ = ["digits_vectors"]
 
@@ -25,7 +25,7 @@ def digits_vectors(images: int = 4):
     from calib.models import DIGITS, create_model
     from calib.pipeline import calibrate, integer_forward, quantize_model
 
-    folder = build_root() / "vectors"
+    folder = cache.part("vectors")
     key = f"digits-{config_hash(DigitsConfig())}-{images}"
     model_path, trace_path = folder / f"{key}.fqvit.safetensors", folder / f"{key}.trace.pt"
     if model_path.is_file() and trace_path.is_file():

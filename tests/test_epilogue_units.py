@@ -1,23 +1,20 @@
 """The GELU lookup, the residual adder and the Requantizer: configs, and a short check of each in
 Amaranth's own simulator against calib.intref (the Verilator testbenches go much further)."""
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from amaranth import Value
-from amaranth.sim import Simulator
 
 from calib.intref.gelu import gelu, gelu_table
 from calib.intref.linear import INT32_RANGE
 from calib.intref.requant import requantize
 from calib.intref.residual import add_multipliers, add_requant
 from hw.gelu import Gelu, GeluConfig
+from hw.lanes import bank_addresses, from_lanes, lane_beats
+from hw.payload import PayloadCodec
 from hw.requant import RequantConfig, Requantizer
 from hw.residual import ResidualAdder, ResidualConfig
-from sim.payload import PayloadCodec
-from sim.tb.epilogue import bank_addresses, from_lanes, lane_beats
+from sim.pysim import StreamBench
 
 
 def codec(dut, port: str) -> PayloadCodec:
@@ -27,46 +24,13 @@ def codec(dut, port: str) -> PayloadCodec:
 def run_pysim(dut, layers, stall: float, seed: int) -> dict[str, np.ndarray]:
     """Write each layer's parameter words, then stream its input words; gaps and back-pressure with
     probability `stall`. Returns the decoded output fields of all beats."""
-    rnd = random.Random(seed)
-    total = sum(len(words) for _, words in layers)
-    received = []
-
-    async def gaps(ctx):
-        while rnd.random() < stall:
-            await ctx.tick()
-
-    async def producer(ctx):
-        for params, words in layers:
-            for word in params:
-                await gaps(ctx)
-                ctx.set(dut.params.valid, 1)
-                ctx.set(Value.cast(dut.params.payload), word)
-                assert ctx.get(dut.params.ready), "params must always be ready"
-                await ctx.tick()
-                ctx.set(dut.params.valid, 0)
-            for word in words:
-                await gaps(ctx)
-                ctx.set(dut.inp.valid, 1)
-                ctx.set(Value.cast(dut.inp.payload), word)
-                await ctx.tick().until(dut.inp.ready)
-                ctx.set(dut.inp.valid, 0)
-
-    async def consumer(ctx):
-        while len(received) < total:
-            await gaps(ctx)
-            ctx.set(dut.out.ready, 1)
-            (word,) = await ctx.tick().sample(Value.cast(dut.out.payload)).until(dut.out.valid)
-            ctx.set(dut.out.ready, 0)
-            received.append(word)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    params = sum(len(p) for p, _ in layers)
-    sim.run_until(1e-6 * (params + 2 * total + 50) * (1 + 4 * stall))
-    assert len(received) == total, f"got {len(received)} of {total} output beats"
-    return codec(dut, "out").decode(received)
+    bench = StreamBench(dut, seed)
+    source = bench.send([step for params, words in layers for step in ((dut.params, params), (dut.inp, words))],
+                        idle=stall)
+    sink = bench.receive(dut.out, sum(len(words) for _, words in layers), idle=stall)
+    bench.run()
+    assert source.waited(dut.params) == 0, "params must always be ready"
+    return codec(dut, "out").decode(sink.words)
 
 
 # --- configs ---------------------------------------------------------------------------------------
@@ -115,7 +79,7 @@ def test_gelu_pysim_every_code(lanes):
     beats = len(fields["data"])
     for i, table in enumerate(tables):
         part = out["data"][i * beats:(i + 1) * beats]
-        assert torch.equal(from_lanes(part, 7), gelu(codes, table))
+        assert torch.equal(torch.from_numpy(from_lanes(part, 7)), gelu(codes, table))
     assert np.array_equal(out["keep"], np.tile(fields["keep"], 2))
     assert np.array_equal(out["last"], np.tile(fields["last"], 2))
 
@@ -148,7 +112,7 @@ def test_residual_pysim_ptf_and_extremes(lanes):
     first = 0
     for a, z_a, ma_, b, z_b, mb_, sh, z_o in cases:
         n = a.shape[0] * -(-channels // lanes)
-        got = from_lanes(out["data"][first:first + n], channels)
+        got = torch.from_numpy(from_lanes(out["data"][first:first + n], channels))
         assert torch.equal(got, add_requant(a, z_a, ma_, b, z_b, mb_, sh, z_o)), f"shift {sh}"
         first += n
 
@@ -179,5 +143,5 @@ def test_requant_pysim_both_modes(lanes):
     out = run_pysim(dut, layers, 0.3, seed=lanes)
     n = acc.shape[0] * -(-channels // lanes)
     for i, (wide, lo, hi, zero) in enumerate(cases):
-        got = from_lanes(out["data"][i * n:(i + 1) * n], channels)
+        got = torch.from_numpy(from_lanes(out["data"][i * n:(i + 1) * n], channels))
         assert torch.equal(got, requantize(acc + bias, mult, shift, zero, lo, hi)), "wide" if wide else "uint8"

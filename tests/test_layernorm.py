@@ -1,16 +1,13 @@
 """The LayerNorm unit: config validation, and a short run in Amaranth's simulator against the reference."""
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from amaranth import Value
-from amaranth.sim import Simulator
 
 from calib.intref.layernorm import affine_params, layernorm
 from hw.layernorm import B_BITS, LayerNormConfig, LayerNormUnit, saturate_beta
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
+from sim.pysim import StreamBench
 
 
 @pytest.mark.parametrize("value", [0, -1, 4097, 2.0, True, "8", None])
@@ -55,44 +52,15 @@ def test_param_fields_refuse_bad_lengths():
 def run_pysim(cfg, params, tokens, stall, seed):
     """Write `params`, stream the tokens (code arrays, `last` on each one's final beat) back to
     back; return the output (q, last) fields."""
-    rnd = random.Random(seed)
     dut = LayerNormUnit(cfg)
     icodec, ocodec = PayloadCodec(cfg.in_layout), PayloadCodec(cfg.out_layout)
     words = icodec.encode({"q": np.concatenate(tokens),
                            "last": np.concatenate([np.arange(len(t)) == len(t) - 1 for t in tokens])})
-    received = []
-
-    async def producer(ctx):
-        for word in params:
-            ctx.set(dut.params.valid, 1)
-            ctx.set(Value.cast(dut.params.payload), word)
-            await ctx.tick()
-        ctx.set(dut.params.valid, 0)
-        for word in words:
-            while rnd.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.inp.valid, 1)
-            ctx.set(Value.cast(dut.inp.payload), word)
-            await ctx.tick().until(dut.inp.ready)
-            ctx.set(dut.inp.valid, 0)
-
-    async def consumer(ctx):
-        while len(received) < len(words):
-            while rnd.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.out.ready, 1)
-            (word,) = await ctx.tick().sample(Value.cast(dut.out.payload)).until(dut.out.valid)
-            ctx.set(dut.out.ready, 0)
-            received.append(word)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    cycles = len(params) + (len(words) + len(tokens) * cfg.stats_cycles + cfg.latency) * (1 + 4 * stall) + 100
-    sim.run_until(1e-6 * cycles)
-    assert len(received) == len(words), f"got {len(received)} of {len(words)} output beats"
-    return ocodec.decode(received)
+    bench = StreamBench(dut, seed)
+    bench.send([(dut.params, params), (dut.inp, words)], idle=stall)
+    sink = bench.receive(dut.out, len(words), idle=stall, drain=cfg.latency + cfg.stats_cycles)
+    bench.run()
+    return ocodec.decode(sink.words)
 
 
 def test_pysim_matches_reference():

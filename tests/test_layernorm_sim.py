@@ -33,6 +33,9 @@ def test_layernorm_in_verilator(config, digits_cases, tmp_path):
     (tmp_path / f"{generated.name}.v").write_text(generated.verilog)
     toolchain.lint(tmp_path / f"{generated.name}.v")
     compiled = toolchain.build(generated.verilog, generated.name)
+    # the digits model's LayerNorms run on the units they fit (48 channels: not on the 24-channel one)
+    fits = any(case["x"].shape[-1] <= config.max_channels for case in torch.load(digits_cases, weights_only=True))
     toolchain.run_tests(compiled, "sim.tb.layernorm",
                         extra_env={"LAYERNORM_CONFIG": json.dumps(config.to_dict()), "LAYERNORM_DIGITS": digits_cases},
-                        seed=5000 + config.max_channels, test_dir=tmp_path)
+                        seed=5000 + config.max_channels, test_dir=tmp_path,
+                        may_skip=() if fits else ("digits_model_layernorms",))

@@ -1,17 +1,14 @@
 """The systolic array in Amaranth's own simulator (small configurations), its config and tiling."""
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from amaranth import Value
-from amaranth.sim import Simulator
 
 from calib.intref.gemm import INT8, UINT8, matmul_codes
+from hw.payload import PayloadCodec
 from hw.systolic import SystolicArray, SystolicConfig
-from sim.payload import PayloadCodec
-from sw.tiling import assemble, operand_beats, tile_grid
+from hw.tiling import assemble, operand_beats, tile_grid
+from sim.pysim import StreamBench
 
 
 def random_case(rng: torch.Generator, m, k, n, a_spec=UINT8, b_spec=INT8):
@@ -24,44 +21,20 @@ def random_case(rng: torch.Generator, m, k, n, a_spec=UINT8, b_spec=INT8):
 
 def run_pysim(cfg, cases, stall, seed):
     """Stream every case back to back through the array; return the result matrices."""
-    rnd = random.Random(seed)
     dut = SystolicArray(cfg)
     in_codec, out_codec = PayloadCodec(cfg.operand_layout), PayloadCodec(cfg.result_layout)
     plans = [operand_beats(a, b, za, zb, cfg.rows, cfg.cols, asp, bsp) for a, b, za, zb, asp, bsp in cases]
     words = [w for _, fields in plans for w in in_codec.encode(fields)]
-    expected_rows = sum(t.rows for tiles, _ in plans for t in tiles)
-    received = []
-
-    async def producer(ctx):
-        for word in words:
-            while rnd.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.operands.valid, 1)
-            ctx.set(Value.cast(dut.operands.payload), word)
-            await ctx.tick().until(dut.operands.ready)
-            ctx.set(dut.operands.valid, 0)
-
-    async def consumer(ctx):
-        while len(received) < expected_rows:
-            while rnd.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.results.ready, 1)
-            (word,) = await ctx.tick().sample(Value.cast(dut.results.payload)).until(dut.results.valid)
-            ctx.set(dut.results.ready, 0)
-            received.append(word)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run_until(1e-6 * (len(words) + expected_rows * 2 + 100) * (1 + 4 * stall))
-    assert len(received) == expected_rows, f"got {len(received)} of {expected_rows} result rows"
-    fields = out_codec.decode(received)
+    bench = StreamBench(dut, seed)
+    bench.send([(dut.operands, words)], idle=stall)
+    sink = bench.receive(dut.results, sum(t.rows for tiles, _ in plans for t in tiles), idle=stall)
+    bench.run()
+    fields = out_codec.decode(sink.words)
     results, r = [], 0
     for (a, b, *_), (tiles, _) in zip(cases, plans):
         n_rows = sum(t.rows for t in tiles)
         part = {key: value[r:r + n_rows] for key, value in fields.items()}
-        results.append(assemble(tiles, a.shape[0], b.shape[1], part))
+        results.append(torch.from_numpy(assemble(tiles, a.shape[0], b.shape[1], part)))
         r += n_rows
     return results
 

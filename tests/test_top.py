@@ -1,5 +1,7 @@
 """The accelerator top's configuration and the compiler's checks, without a simulator."""
 
+import dataclasses
+
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -7,10 +9,11 @@ from timm.models.vision_transformer import VisionTransformer
 from calib.config import QuantConfig
 from calib.data import synthetic_data
 from calib.intref import vit
+from calib.intref.blocks import REF
 from calib.pipeline import calibrate, quantize_model
 from hw.top import Accelerator, Op, TopConfig
 from rtl_gen import generate
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
 from sw import driver
 from sw.compiler import CompileError, Compiler
 
@@ -52,12 +55,52 @@ def test_top_generates_with_its_ports_and_command_layout():
     assert back["op"][0] == Op.MATMUL.value and back["k"][0] == 17 and back["a_zero"][0] == -5
 
 
+def test_the_forward_runs_the_listed_ops(tmp_path):
+    """calib.intref.vit.op_sequence (what sw/bench.py's analytic model counts) is the forward's order
+    of ops, whole and for a first block only."""
+    im, codes = tiny_vit_model(tmp_path)
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            self.calls.append(name)
+            return getattr(REF, name)
+
+    for depth, head in ((im.config["depth"], True), (1, False)):
+        ops = Recorder()
+        vit.forward(im, codes, ops=ops, depth=depth)
+        assert tuple(ops.calls) == vit.op_sequence(depth, head)
+
+
+def test_the_bench_extrapolates_a_whole_model_from_its_first_block():
+    """sw/bench.py's analytic model, on a log whose op costs are known: pre + depth x block + the
+    final LayerNorm + the head is the whole forward's sum."""
+    from sw.bench import extrapolate
+
+    cost = {"linear": 50, "add": 3, "layernorm": 7, "logits": 11, "softmax_lis": 13, "attn_v": 17}
+    first_block = {"log": [(op, cost[op]) for op in vit.op_sequence(1, head=False)], "full_depth": 12}
+    assert extrapolate(first_block, head_cycles=cost["linear"]) == sum(cost[op] for op in vit.op_sequence(12))
+
+
 def test_plan_checks_every_op_against_the_buffers(tmp_path):
     im, codes = tiny_vit_model(tmp_path)
     ok = driver.top_config(im, 4, 6)
+    assert ok.softmax_rule == im.lis_rule == "nearest"
+    # the top's rule is the file's, by name
+    assert driver.top_config(dataclasses.replace(im, quant={**im.quant, "lis_rule": "fqvit"}), 4, 6).softmax_rule == "fqvit"
     reference, ops = driver.plan(im, codes, ok, im.config["depth"])
-    assert ops == 2 + 2 * 11 + 2  # embed, pos add; 11 ops a block (fc1 carries GELU); final norm, head
-    assert torch.equal(reference.out, vit.forward(im, codes))
+    assert ops == len(vit.op_sequence(im.config["depth"]))
+    # PlanOps returns the reference's results by design; what the plan itself does is compile
+    # every op, so its matmul work must be the model's, counted here from the model's dimensions.
+    c = im.config
+    b, t, d, hidden = codes.shape[0], c["tokens"], c["embed_dim"], c["mlp_hidden"]
+    patch = c["in_chans"] * c["patch_size"][0] * c["patch_size"][1]
+    block = t * d * (3 * d + d + hidden) + t * hidden * d  # qkv, proj, fc1; fc2
+    head = d * c["num_classes"]  # the class token only
+    assert reference.stats["linear"]["macs"] == b * ((t - 1) * patch * d + c["depth"] * block + head)
+    assert reference.stats["logits"]["macs"] == b * c["depth"] * t * t * d  # heads x head_dim = embed_dim
     with pytest.raises(CompileError, match="does not fit the activation buffer"):
         driver.plan(im, codes, TopConfig(32, 8, act_kib=1, softmax_rule="nearest"), 2)  # 32 words < K = 48
     with pytest.raises(CompileError, match="does not fit the weight buffer"):

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import cocotb
 import numpy as np
 import torch
-from cocotb.triggers import with_timeout
 
 from calib.intref.attnv import attnv_shift
 from calib.intref.requant import dyadic, requantize
 from calib.intref.softmax import LIS_RULES, ZERO_CODE, exp_table, lis_codes
 from hw.attnv import AttnVConfig
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import StreamSink, StreamSource
-from sim.tb.common import PERIOD_NS, seeded, start
+from sim.tb.common import seeded, start
+from sim.tb.jobs import Job, JobRun, run_jobs
 
 CFG = AttnVConfig(**json.loads(os.environ.get("ATTNV_CONFIG", "{}")))
 
@@ -176,36 +175,13 @@ def digits_heads(vectors: dict, images: int) -> list[Head]:
     return jobs
 
 
-async def stream(dut, clock, jobs: list[Head], idle: float, seed):
-    """Stream `jobs` back to back; return the source, the sink and each job's output fields."""
-    rng = random.Random(seed)
-    source = StreamSource(dut, "inp", clock, idle=idle, rng=random.Random(rng.random()))
-    sink = StreamSink(dut, "out", clock, idle=idle, rng=random.Random(rng.random()))
+async def run_heads(dut, clock, heads: list[Head], idle: float, seed) -> JobRun:
+    """Stream `heads` back to back and check each one's output."""
     in_codec, out_codec = PayloadCodec(CFG.in_layout), PayloadCodec(CFG.out_layout)
-    fields = [job.key_fields(CFG) for job in jobs]
-    words = in_codec.encode({k: np.concatenate([f[k] for f in fields]) for k in fields[0]})
-    rows = sum(job.out_rows(CFG) for job in jobs)
-    receiving = cocotb.start_soon(sink.receive(rows))
-    # in whole cycles: with_timeout refuses a time the simulator's precision cannot represent
-    budget = int((len(words) + rows * CFG.steps + CFG.latency + 100) * (1 + 8 * idle))
-    await with_timeout(source.send(words), budget * PERIOD_NS, "ns")
-    await with_timeout(receiving, budget * PERIOD_NS, "ns")
-    dut._log.info("%d heads: %d keys, %d rows, idle %.1f, cycles %d..%d", len(jobs), len(words), rows, idle,
-                  source.accepted_at[0], sink.received_at[-1])
-    out = out_codec.decode(sink.words)
-    parts, r = [], 0
-    for job in jobs:
-        n = job.out_rows(CFG)
-        parts.append({k: value[r:r + n] for k, value in out.items()})
-        r += n
-    return source, sink, parts
-
-
-async def stream_and_check(dut, clock, jobs, idle, seed):
-    source, sink, parts = await stream(dut, clock, jobs, idle, seed)
-    for job, fields in zip(jobs, parts):
-        job.check(CFG, fields)
-    return source, sink
+    jobs = [Job(in_codec.encode(head.key_fields(CFG)), head.out_rows(CFG),
+                check=lambda fields, head=head: head.check(CFG, fields)) for head in heads]
+    cycles = sum(len(job.words) + job.out_beats * CFG.steps for job in jobs) + CFG.latency + 100
+    return await run_jobs(dut, clock, jobs, out_codec, idle=idle, seed=seed, cycles=cycles)
 
 
 @cocotb.test()
@@ -220,7 +196,7 @@ async def random_heads_with_stalls(dut):
         d = rng.randint(1, 3 * CFG.lanes)
         jobs.append(random_head(gen, rng, nq, nk, d, f"random {n}"))
     clock = await start(dut)
-    await stream_and_check(dut, clock, jobs, 0.3, seed)
+    await run_heads(dut, clock, jobs, 0.3, seed)
 
 
 @cocotb.test()
@@ -249,7 +225,7 @@ async def zero_states_and_extremes(dut):
     largest = max(int(job.acc().abs().max()) for job in jobs)
     assert largest.bit_length() == CFG.acc_bits - 1, f"largest |acc| {largest} leaves the accumulator's top bits unused"
     clock = await start(dut)
-    await stream_and_check(dut, clock, jobs, 0.2, seed)
+    await run_heads(dut, clock, jobs, 0.2, seed)
 
 
 @cocotb.test(skip="ATTNV_DIGITS" not in os.environ)
@@ -260,7 +236,7 @@ async def digits_model_rows(dut):
     vectors = torch.load(os.environ["ATTNV_DIGITS"], weights_only=True)
     jobs = digits_heads(vectors, images=2 if CFG.lanes >= 8 else 1)
     clock = await start(dut)
-    await stream_and_check(dut, clock, jobs, 0.3, seed)
+    await run_heads(dut, clock, jobs, 0.3, seed)
 
 
 @cocotb.test()
@@ -274,8 +250,8 @@ async def published_latency_and_full_throughput(dut):
     shapes = ((3, CFG.steps), (3, CFG.steps + 1), (2, 17), (2, 197))
     jobs = [random_head(gen, rng, nq, nk, d, f"timing {nk}") for nq, nk in shapes]
     clock = await start(dut)
-    source, sink = await stream_and_check(dut, clock, jobs, 0.0, seed)
-    accepted = source.accepted_at
+    run = await run_heads(dut, clock, jobs, 0.0, seed)
+    accepted, sink = run.inp.accepted_at, run.out
     assert accepted == list(range(accepted[0], accepted[0] + len(accepted))), "inp stalled"
     last_keys = np.flatnonzero(np.concatenate([job.key_fields(CFG)["last"] for job in jobs]))
     delays = {sink.received_at[r] - accepted[k] for r, k in enumerate(last_keys)}
@@ -284,6 +260,6 @@ async def published_latency_and_full_throughput(dut):
                   sink.received_at[-1] - accepted[0] + 1, CFG.latency)
 
     short = [random_head(gen, rng, 6, 1, d, "one-key rows")]
-    _, sink = await stream_and_check(dut, clock, short, 0.0, seed)
-    gaps = {b - a for a, b in zip(sink.received_at, sink.received_at[1:])}
+    received = (await run_heads(dut, clock, short, 0.0, seed)).out.received_at
+    gaps = {b - a for a, b in zip(received, received[1:])}
     assert gaps == {CFG.steps}, f"one-key rows left {sorted(gaps)} cycles apart, published {CFG.steps}"

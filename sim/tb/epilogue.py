@@ -3,27 +3,22 @@
 A tensor of rows of C channels travels as ceil(C / lanes) beats per row: beat g of a row carries
 channels g*lanes .. g*lanes + lanes - 1 (its ``group``), ``keep`` marks the real lanes of a ragged
 last group and ``last`` ends the row. Per-channel parameters live in bank n % lanes at index
-n // lanes. ``run_layers`` writes each layer's parameters, then streams its beats, with random
-gaps on both input streams and random back-pressure on the output.
+n // lanes. ``run_layers`` writes each layer's parameters, then streams its beats (``sim.tb.jobs``),
+with random gaps on both input streams and random back-pressure on the output.
 """
 
 import os
-import random
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import cocotb
 import numpy as np
 import torch
-from cocotb.triggers import with_timeout
 
-from sim.streams import StreamSink, StreamSource
-from sw.lanes import bank_addresses, from_lanes, lane_beats
-from sim.tb.common import PERIOD_NS
+from hw.lanes import bank_addresses, from_lanes, lane_beats
+from sim.tb.jobs import Job, JobRun, run_jobs
 
-__all__ = ["DIGITS_ENV", "lane_beats", "bank_addresses", "from_lanes", "save_digits", "Digits", "Layer", "run_layers",
-           "check_passthrough", "check_unstalled_timing"]
+__all__ = ["DIGITS_ENV", "lane_beats", "bank_addresses", "from_lanes", "save_digits", "Digits", "layer_job",
+           "run_layers", "check_passthrough", "check_unstalled_timing"]
 
 DIGITS_ENV = "EPILOGUE_DIGITS"
 
@@ -69,43 +64,22 @@ class Digits:
         return self._i[f"zero.{point}"]
 
 
-@dataclass
-class Layer:
-    """One layer's parameter words, its input beats (fields and encoded words), and a check that
-    receives the decoded output fields of exactly its beats."""
+def layer_job(params: list[int], fields: dict[str, np.ndarray], words: list[int], check) -> Job:
+    """One layer: its parameter words, its input beats (fields and encoded words) and `check`,
+    which receives the decoded output fields of exactly its beats (after ``keep`` and ``last``
+    are checked to have left with their beats)."""
+    def check_all(out):
+        check_passthrough(fields, out)
+        check(out)
 
-    params: list[int]
-    fields: dict[str, np.ndarray]
-    words: list[int]
-    check: object  # callable(out_fields)
+    return Job(words, len(words), params, check_all)
 
 
-async def run_layers(dut, clock, layers: list[Layer], out_codec, idle: float, seed):
-    """Stream the layers in order; check each; return the (params, inp) sources and the sink."""
-    rng = random.Random(seed)
-    params = StreamSource(dut, "params", clock, idle=idle, rng=random.Random(rng.random()))
-    inp = StreamSource(dut, "inp", clock, idle=idle, rng=random.Random(rng.random()))
-    sink = StreamSink(dut, "out", clock, idle=idle, rng=random.Random(rng.random()))
-    beats = sum(len(layer.words) for layer in layers)
-    receiving = cocotb.start_soon(sink.receive(beats))
-    budget = int((sum(len(layer.params) for layer in layers) + 2 * beats + 100) * (1 + 8 * idle)) * PERIOD_NS
-    for layer in layers:
-        # a beat reads its parameters in the cycle it is accepted: the next layer's writes may
-        # follow its last accepted beat at once
-        await with_timeout(params.send(layer.params), budget, "ns")
-        await with_timeout(inp.send(layer.words), budget, "ns")
-    await with_timeout(receiving, budget, "ns")
-    fields = out_codec.decode(sink.words)
-    first = 0
-    for layer in layers:
-        n = len(layer.words)
-        out = {key: value[first:first + n] for key, value in fields.items()}
-        check_passthrough(layer.fields, out)
-        layer.check(out)
-        first += n
-    dut._log.info("%d layers, %d beats, idle %.1f: cycles %d..%d", len(layers), beats, idle,
-                  inp.accepted_at[0], sink.received_at[-1])
-    return params, inp, sink
+async def run_layers(dut, clock, layers: list[Job], out_codec, idle: float, seed) -> JobRun:
+    """Stream the layers in order and check each. A beat reads its parameters in the cycle it is
+    accepted: the next layer's writes follow its last accepted beat at once."""
+    cycles = sum(len(layer.params) + 2 * layer.out_beats for layer in layers) + 100
+    return await run_jobs(dut, clock, layers, out_codec, idle=idle, seed=seed, cycles=cycles)
 
 
 def check_passthrough(inp: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> None:
@@ -120,11 +94,11 @@ def contiguous(cycles: list[int]) -> bool:
     return cycles == list(range(cycles[0], cycles[0] + len(cycles)))
 
 
-def check_unstalled_timing(params: StreamSource, inp: StreamSource, sink: StreamSink, latency: int) -> None:
+def check_unstalled_timing(run: JobRun, latency: int) -> None:
     """With no gaps and no back-pressure: parameters written one per cycle (always ready), one beat
     per cycle in and out, each `latency` cycles after its handshake."""
-    assert contiguous(params.accepted_at), "params not always ready"
-    accepted, received = inp.accepted_at, sink.received_at
+    assert contiguous(run.params.accepted_at), "params not always ready"
+    accepted, received = run.inp.accepted_at, run.out.received_at
     assert contiguous(accepted), "input stalled"
     delays = {r - a for a, r in zip(accepted, received)}
     assert delays == {latency}, f"beats left {sorted(delays)} cycles after their handshake, published latency {latency}"

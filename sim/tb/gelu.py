@@ -14,10 +14,11 @@ import torch
 
 from calib.intref.gelu import gelu, gelu_table
 from hw.gelu import GeluConfig
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
 from sim.tb.common import seeded, start
-from sim.tb.epilogue import Digits, Layer, check_unstalled_timing, from_lanes, lane_beats, run_layers
+from sim.tb.epilogue import Digits, check_unstalled_timing, from_lanes, lane_beats, layer_job, run_layers
+from sim.tb.jobs import Job
 
 CFG = GeluConfig(**json.loads(os.environ.get("GELU_CONFIG", "{}")))
 IN_CODEC = OUT_CODEC = PayloadCodec(CFG.stream_layout)
@@ -28,7 +29,7 @@ def table_words(table: torch.Tensor) -> list[int]:
     return PARAM_CODEC.encode({"index": np.arange(256), "value": table.numpy()})
 
 
-def layer(what: str, table: torch.Tensor, codes: torch.Tensor) -> Layer:
+def layer(what: str, table: torch.Tensor, codes: torch.Tensor) -> Job:
     """Look up `codes` [N, C] in `table`."""
     fields = lane_beats(codes, CFG.lanes)
 
@@ -37,7 +38,7 @@ def layer(what: str, table: torch.Tensor, codes: torch.Tensor) -> Layer:
         assert_bit_exact(f"{CFG.name} {what}", got, gelu(codes, table),
                          lambda idx: f"code {int(codes[idx])}, table[code] {int(table[codes[idx]])}")
 
-    return Layer(table_words(table), fields, IN_CODEC.encode(fields), check)
+    return layer_job(table_words(table), fields, IN_CODEC.encode(fields), check)
 
 
 def every_code(gen: torch.Generator, channels: int) -> torch.Tensor:
@@ -88,5 +89,5 @@ async def published_latency_and_full_throughput(dut):
     seed, gen = seeded()
     only = layer("unstalled", torch.randperm(256, generator=gen), every_code(gen, 4 * CFG.lanes))
     clock = await start(dut)
-    params, inp, sink = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
-    check_unstalled_timing(params, inp, sink, CFG.LATENCY)
+    run = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
+    check_unstalled_timing(run, CFG.LATENCY)

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 import cocotb
 import numpy as np
 import torch
-from cocotb.triggers import with_timeout
 
 from calib.intref.layernorm import FN, affine_params, bit_length, isqrt, layernorm
 from calib.intref.requant import round_shift
 from hw.layernorm import LayerNormConfig
-from sim.payload import PayloadCodec
+from hw.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import StreamSink, StreamSource
-from sim.tb.common import PERIOD_NS, seeded, start
+from sim.tb.common import seeded, start
+from sim.tb.jobs import Job, JobRun, run_jobs
 
 CFG = LayerNormConfig(**json.loads(os.environ.get("LAYERNORM_CONFIG", "{}")))
 PARAM_CODEC = PayloadCodec(CFG.param_layout)
@@ -99,25 +98,14 @@ def token_words(tokens: list[torch.Tensor]) -> list[int]:
                             "last": np.concatenate([np.arange(len(t)) == len(t) - 1 for t in tokens])})
 
 
-async def run_layer(dut, clock, layer: Layer, tokens: list[torch.Tensor], idle: float, seed):
-    """Write the layer's parameters, stream its tokens, check every output; return the streams."""
-    rng = random.Random(seed)
-    params = StreamSource(dut, "params", clock, idle=idle, rng=random.Random(rng.random()))
-    inp = StreamSource(dut, "inp", clock, idle=idle, rng=random.Random(rng.random()))
-    sink = StreamSink(dut, "out", clock, idle=idle, rng=random.Random(rng.random()))
+async def run_layer(dut, clock, layer: Layer, tokens: list[torch.Tensor], idle: float, seed) -> JobRun:
+    """Write the layer's parameters, stream its tokens, check every output; the next layer's
+    parameters follow only once this one is out."""
     words = token_words(tokens)
-    param_words = layer.words()
+    job = Job(words, len(words), layer.words(), check=lambda out: layer.check(tokens, out))
     # an upper bound: every token loaded, normalized and emitted one after another
     serial = sum(2 * len(t) + CFG.latency for t in tokens)
-    budget = int((len(param_words) + serial + 100) * (1 + 8 * idle)) * PERIOD_NS
-    await with_timeout(params.send(param_words), budget, "ns")
-    receiving = cocotb.start_soon(sink.receive(len(words)))
-    await with_timeout(inp.send(words), budget, "ns")
-    await with_timeout(receiving, budget, "ns")  # the next layer's parameters only once this one is out
-    layer.check(tokens, OUT_CODEC.decode(sink.words))
-    dut._log.info("%s: %d tokens, %d beats, idle %.1f, cycles %d..%d", layer.what, len(tokens), len(words), idle,
-                  inp.accepted_at[0], sink.received_at[-1])
-    return params, inp, sink
+    return await run_jobs(dut, clock, [job], OUT_CODEC, idle=idle, seed=seed, cycles=len(job.params) + serial + 100)
 
 
 def log_uniform(gen, lo, hi) -> float:
@@ -263,18 +251,18 @@ async def published_latency_and_throughput(dut):
     for channels in widths([1, 2, 5, 24, 100]):
         layer = random_layer(gen, channels, f"timing C={channels}")
         lone = [random_token(gen, channels, layer.z)]
-        params, inp, sink = await run_layer(dut, clock, layer, lone, 0.0, seed)
-        assert contiguous(params.accepted_at), "params not always ready"
-        latency = sink.received_at[0] - inp.accepted_at[-1]
+        run = await run_layer(dut, clock, layer, lone, 0.0, seed)
+        assert contiguous(run.params.accepted_at), "params not always ready"
+        latency = run.out.received_at[0] - run.inp.accepted_at[-1]
         assert latency == CFG.latency, f"C={channels}: first output {latency} cycles after the last input, " \
                                        f"published latency {CFG.latency}"
         tokens = [random_token(gen, channels, layer.z) for _ in range(8)]
-        _, inp, sink = await run_layer(dut, clock, layer, tokens, 0.0, seed)
+        run = await run_layer(dut, clock, layer, tokens, 0.0, seed)
         for t in range(len(tokens)):
             span = slice(t * channels, (t + 1) * channels)
-            assert contiguous(inp.accepted_at[span]), f"C={channels}: token {t}'s input stalled"
-            assert contiguous(sink.received_at[span]), f"C={channels}: token {t}'s output has gaps"
-        first_out = sink.received_at[::channels]
+            assert contiguous(run.inp.accepted_at[span]), f"C={channels}: token {t}'s input stalled"
+            assert contiguous(run.out.received_at[span]), f"C={channels}: token {t}'s output has gaps"
+        first_out = run.out.received_at[::channels]
         pairs = {b - a for a, b in zip(first_out, first_out[2:])}
         assert pairs == {CFG.pair_cycles(channels)}, \
             f"C={channels}: two tokens every {sorted(pairs)} cycles, published {CFG.pair_cycles(channels)}"

@@ -16,12 +16,13 @@ import torch
 
 from calib.intref.linear import INT32_RANGE, linear_acc
 from calib.intref.requant import dyadic, requantize
+from hw.payload import PayloadCodec
 from hw.requant import RequantConfig
-from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
 from sim.tb.common import seeded, start
-from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats,
+from sim.tb.epilogue import (Digits, bank_addresses, check_unstalled_timing, from_lanes, lane_beats, layer_job,
                              run_layers)
+from sim.tb.jobs import Job
 
 CFG = RequantConfig(**json.loads(os.environ.get("REQUANT_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)
@@ -30,7 +31,7 @@ PARAM_CODEC = PayloadCodec(CFG.param_layout)
 INT32_MIN, INT32_MAX = INT32_RANGE
 
 
-def layer(what: str, acc, bias, mult, shift, zero: int, wide: bool, gen: torch.Generator, keep=None) -> Layer:
+def layer(what: str, acc, bias, mult, shift, zero: int, wide: bool, gen: torch.Generator, keep=None) -> Job:
     """Requantize accumulator rows `acc` [N, C] with per-channel bias, mult, shift [C].
 
     `keep` (one mask per beat) replaces the ragged-edge masks: the unit passes it through untouched.
@@ -57,7 +58,7 @@ def layer(what: str, acc, bias, mult, shift, zero: int, wide: bool, gen: torch.G
 
         assert_bit_exact(f"{CFG.name} {what}", got, want, explain)
 
-    return Layer(PARAM_CODEC.encode(params), fields, IN_CODEC.encode(fields), check)
+    return layer_job(PARAM_CODEC.encode(params), fields, IN_CODEC.encode(fields), check)
 
 
 def int32s(gen: torch.Generator, shape, top_bit: int = 31) -> torch.Tensor:
@@ -77,7 +78,7 @@ def realistic_multipliers(gen: torch.Generator, channels: int, lo_exp: float, hi
     return dyadic(real.numpy())
 
 
-def random_layer(gen, tokens, channels, wide: bool, keep_random=False) -> Layer:
+def random_layer(gen, tokens, channels, wide: bool, keep_random=False) -> Job:
     # uint8 outputs: s_x s_w / s_out around 2**-12..2**-4; logits: s_w[c] / min s_w in 1..8
     mult, shift = realistic_multipliers(gen, channels, *((0, 3) if wide else (-12, -4)))
     zero = 0 if wide else int(torch.randint(0, 256, (), generator=gen))
@@ -91,7 +92,7 @@ def random_layer(gen, tokens, channels, wide: bool, keep_random=False) -> Layer:
                  gen, keep)
 
 
-def extreme_layer(gen, wide: bool) -> Layer:
+def extreme_layer(gen, wide: bool) -> Job:
     """Shifts 1 and 62 with mults 2**15 and 2**16-1 in every combination, bias and accumulators at the
     int32 extremes (their sum leaves int32: the unit keeps the carry)."""
     mult = torch.tensor([2**15, 2**16 - 1, 2**15, 2**16 - 1, 2**15 + 1, 40000, 2**15, 2**16 - 1])
@@ -175,5 +176,5 @@ async def published_latency_and_full_throughput(dut):
     seed, gen = seeded()
     only = random_layer(gen, 6, 3 * CFG.lanes + 1, False)
     clock = await start(dut)
-    params, inp, sink = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
-    check_unstalled_timing(params, inp, sink, CFG.LATENCY)
+    run = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
+    check_unstalled_timing(run, CFG.LATENCY)

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from calib.intref.residual import add_multipliers, add_requant
+from hw.payload import PayloadCodec
 from hw.residual import ResidualConfig
-from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
 from sim.tb.common import seeded, start
-from sim.tb.epilogue import (Digits, Layer, bank_addresses, check_unstalled_timing, from_lanes, lane_beats,
+from sim.tb.epilogue import (Digits, bank_addresses, check_unstalled_timing, from_lanes, lane_beats, layer_job,
                              run_layers)
+from sim.tb.jobs import Job
 
 CFG = ResidualConfig(**json.loads(os.environ.get("RESIDUAL_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)
@@ -27,7 +28,7 @@ OUT_CODEC = PayloadCodec(CFG.out_layout)
 PARAM_CODEC = PayloadCodec(CFG.param_layout)
 
 
-def layer(what: str, a, z_a: int, ma, b, z_b: int, mb, shift: int, z_o: int, gen: torch.Generator) -> Layer:
+def layer(what: str, a, z_a: int, ma, b, z_b: int, mb, shift: int, z_o: int, gen: torch.Generator) -> Job:
     """add_requant of code rows a, b [N, C] with per-channel ma, mb [C]."""
     channels = a.shape[1]
     order = torch.randperm(channels, generator=gen).numpy()  # the banks do not care in which order
@@ -49,7 +50,7 @@ def layer(what: str, a, z_a: int, ma, b, z_b: int, mb, shift: int, z_o: int, gen
 
         assert_bit_exact(f"{CFG.name} {what}", got, want, explain)
 
-    return Layer(PARAM_CODEC.encode(params), fields, IN_CODEC.encode(fields), check)
+    return layer_job(PARAM_CODEC.encode(params), fields, IN_CODEC.encode(fields), check)
 
 
 def codes(gen, shape):
@@ -75,14 +76,14 @@ def zero_points(gen: torch.Generator) -> list[int]:
     return [int(z) for z in torch.randint(0, 256, (3,), generator=gen)]
 
 
-def ptf_layer(gen: torch.Generator, tokens: int, channels: int, b_ptf: bool) -> Layer:
+def ptf_layer(gen: torch.Generator, tokens: int, channels: int, b_ptf: bool) -> Job:
     ma, mb, shift = ptf_multipliers(gen, channels, b_ptf)
     z_a, z_b, z_o = zero_points(gen)
     return layer(f"PTF layer {tokens}x{channels} shift {shift}", codes(gen, (tokens, channels)), z_a, ma,
                  codes(gen, (tokens, channels)), z_b, mb, shift, z_o, gen)
 
 
-def extreme_layer(gen: torch.Generator, shift: int, z_a: int, z_b: int, z_o: int) -> Layer:
+def extreme_layer(gen: torch.Generator, shift: int, z_a: int, z_b: int, z_o: int) -> Job:
     """Codes 0/255 (and a few others), multipliers 0, 1, 2**15 and 2**16-1 in every combination."""
     mults = torch.tensor([0, 1, 2**15, 2**16 - 1])
     ma, mb = mults.repeat_interleave(4), mults.repeat(4)  # 16 channels: every (ma, mb) pair
@@ -159,5 +160,5 @@ async def published_latency_and_full_throughput(dut):
     seed, gen = seeded()
     only = ptf_layer(gen, 6, 3 * CFG.lanes + 1, True)
     clock = await start(dut)
-    params, inp, sink = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
-    check_unstalled_timing(params, inp, sink, CFG.LATENCY)
+    run = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
+    check_unstalled_timing(run, CFG.LATENCY)

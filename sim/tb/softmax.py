@@ -13,15 +13,14 @@ import random
 
 import cocotb
 import torch
-from cocotb.triggers import with_timeout
 
 from calib.intref.softmax import exp_rows, exp_table, lis_codes
 from calib.intref.swin import shift_mask
+from hw.payload import PayloadCodec
 from hw.softmax import TABLE_BITS, SoftmaxConfig
-from sim.payload import PayloadCodec
 from sim.scoreboard import assert_bit_exact
-from sim.streams import StreamSink, StreamSource
-from sim.tb.common import PERIOD_NS, seeded, start
+from sim.tb.common import seeded, start
+from sim.tb.jobs import Job, JobRun, run_jobs
 
 CFG = SoftmaxConfig(**json.loads(os.environ.get("SOFTMAX_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.in_layout)
@@ -61,28 +60,17 @@ def row_words(rows) -> list[int]:
                             "mask": torch.cat([r.mask for r in rows]).numpy(), "last": last.numpy()})
 
 
-async def write_table(dut, clock, table, idle, rng):
-    """All 256 entries through ``params`` (always ready), with random gaps."""
-    words = PARAM_CODEC.encode({"addr": torch.arange(256).numpy(), "value": table.numpy()})
-    source = StreamSource(dut, "params", clock, idle=idle, rng=random.Random(rng.random()))
-    await with_timeout(source.send(words), int(256 * (1 + 8 * idle) + 50) * PERIOD_NS, "ns")
-
-
-async def stream_rows(dut, clock, rows, idle, rng, out_idle=None):
-    """Stream `rows` back to back (gaps with probability `idle`, back-pressure `out_idle`, by
-    default the same); return the source, the sink and the output fields."""
-    out_idle = idle if out_idle is None else out_idle
-    source = StreamSource(dut, "inp", clock, idle=idle, rng=random.Random(rng.random()))
-    sink = StreamSink(dut, "out", clock, idle=out_idle, rng=random.Random(rng.random()))
+async def run_rows(dut, clock, what, table, rows, idle, rng, out_idle=None) -> JobRun:
+    """Write `table` (all 256 entries through ``params``, always ready), stream `rows` back to back
+    (gaps with probability `idle`, back-pressure `out_idle`, by default the same) and check every
+    code against lis_codes."""
+    params = PARAM_CODEC.encode({"addr": torch.arange(256).numpy(), "value": table.numpy()})
     words = row_words(rows)
-    receiving = cocotb.start_soon(sink.receive(len(words)))
-    slowest = 1 / (1 - max(idle, out_idle))
-    budget = int(sum(CFG.row_interval(len(r)) + CFG.latency(len(r)) for r in rows) * 2 * slowest) + 100
-    await with_timeout(source.send(words), budget * PERIOD_NS, "ns")
-    await with_timeout(receiving, budget * PERIOD_NS, "ns")
-    dut._log.info("%d rows, %d keys, idle %.1f/%.1f, cycles %d..%d", len(rows), len(words), idle, out_idle,
-                  source.accepted_at[0], sink.received_at[-1])
-    return source, sink, OUT_CODEC.decode(sink.words)
+    job = Job(words, len(words), params, check=lambda out: check_rows(what, rows, table, out))
+    cycles = len(params) + 2 * sum(CFG.row_interval(len(r)) + CFG.latency(len(r)) for r in rows) + 100
+    # a spurious row's codes would leave within a row's latency of the last expected code
+    return await run_jobs(dut, clock, [job], OUT_CODEC, idle=idle, out_idle=out_idle, seed=rng.random(),
+                          cycles=cycles, drain=CFG.latency(CFG.max_keys))
 
 
 def check_rows(what, rows, table, fields, expected=None):
@@ -107,12 +95,6 @@ def check_rows(what, rows, table, fields, expected=None):
         at += n
 
 
-async def run_and_check(dut, clock, what, table, rows, idle, rng):
-    await write_table(dut, clock, table, idle, rng)
-    _, _, fields = await stream_rows(dut, clock, rows, idle, rng)
-    check_rows(what, rows, table, fields)
-
-
 @cocotb.test()
 async def random_rows_with_stalls(dut):
     """Random lengths 1..max_keys, random masks (some rows fully masked), three exp tables and one
@@ -126,7 +108,7 @@ async def random_rows_with_stalls(dut):
         rows = [random_row(gen, rng.randint(1, CFG.max_keys)) for _ in range(10)]
         rows += [random_row(gen, rng.randint(1, CFG.max_keys), mask_rate=1.0) for _ in range(2)]
         rng.shuffle(rows)
-        await run_and_check(dut, clock, what, table, rows, 0.3, rng)
+        await run_rows(dut, clock, what, table, rows, 0.3, rng)
 
 
 @cocotb.test()
@@ -136,12 +118,9 @@ async def short_rows_one_side_stalled(dut):
     seed, gen = seeded()
     rng = random.Random(seed)
     clock = await start(dut, low=("params__valid",))
-    table = exp_table(0.05)
-    await write_table(dut, clock, table, 0.0, rng)
     for idle, out_idle in ((0.0, 0.7), (0.7, 0.0)):
         rows = [random_row(gen, rng.randint(1, min(8, CFG.max_keys))) for _ in range(60)]
-        _, _, fields = await stream_rows(dut, clock, rows, idle, rng, out_idle)
-        check_rows(f"short rows, idle {idle}/{out_idle}", rows, table, fields)
+        await run_rows(dut, clock, f"short rows, idle {idle}/{out_idle}", exp_table(0.05), rows, idle, rng, out_idle)
 
 
 @cocotb.test()
@@ -162,7 +141,7 @@ async def edge_rows(dut):
     if n >= 2:
         rows.append(Row([255, 0] + [0] * (n - 2), [True, False] + [False] * (n - 2)))  # the max is masked
     for what, table in ((f"scale {s}", exp_table(s)) for s in SCALES):
-        await run_and_check(dut, clock, what, table, rows, 0.3, rng)
+        await run_rows(dut, clock, what, table, rows, 0.3, rng)
 
 
 @cocotb.test(skip=CFG.max_keys < 49)
@@ -173,7 +152,7 @@ async def swin_shifted_windows(dut):
     clock = await start(dut, low=("params__valid",))
     masks = shift_mask(14, 14, (7, 7), (3, 3))[:, 0]  # windows: unsplit, split by rows, by columns, both
     rows = [Row(torch.randint(0, 256, (49,), generator=gen), masks[w, q]) for w in (1, 3) for q in range(49)]
-    await run_and_check(dut, clock, "swin shift mask", exp_table(0.05), rows, 0.3, rng)
+    await run_rows(dut, clock, "swin shift mask", exp_table(0.05), rows, 0.3, rng)
 
 
 @cocotb.test(skip="SOFTMAX_VECTORS" not in os.environ)
@@ -188,11 +167,9 @@ async def digits_model_rows(dut):
         logits = layer["logits"].reshape(-1, layer["logits"].shape[-1])
         rows = [Row(x) for x in logits]
         table = layer["table"].to(torch.int64)
-        await write_table(dut, clock, table, 0.3, rng)
-        _, _, fields = await stream_rows(dut, clock, rows, 0.3, rng)
-        check_rows(name, rows, table, fields)
+        run = await run_rows(dut, clock, name, table, rows, 0.3, rng)
         if tuple(vectors["rule"]) == CFG.num_den:
-            check_rows(f"{name} (model trace)", rows, table, fields, layer["codes"].reshape(len(rows), -1))
+            check_rows(f"{name} (model trace)", rows, table, run.outputs[0], layer["codes"].reshape(len(rows), -1))
             dut._log.info("%s: %d rows equal to the digits model's own LIS codes", name, len(rows))
 
 
@@ -203,19 +180,18 @@ async def published_latency_and_throughput(dut):
     seed, gen = seeded()
     rng = random.Random(seed)
     clock = await start(dut, low=("params__valid",))
-    await write_table(dut, clock, exp_table(0.05), 0.0, rng)
     for n in sorted({1, min(CFG.max_keys, 49), CFG.max_keys}):
         lone = [random_row(gen, n)]
-        source, sink, fields = await stream_rows(dut, clock, lone, 0.0, rng)
-        check_rows(f"lone row of {n}", lone, exp_table(0.05), fields)
+        run = await run_rows(dut, clock, f"lone row of {n}", exp_table(0.05), lone, 0.0, rng)
+        source, sink = run.inp, run.out
         latency = sink.received_at[0] - source.accepted_at[-1]
         assert latency == CFG.latency(n), (
             f"N={n}: first code {latency} cycles after the last key, published {CFG.latency(n)}")
         assert sink.received_at[-1] - source.accepted_at[0] + 1 == 3 * n + CFG.LATENCY_OFFSET - 1
 
         train = [random_row(gen, n) for _ in range(4)]
-        source, sink, fields = await stream_rows(dut, clock, train, 0.0, rng)
-        check_rows(f"train of rows of {n}", train, exp_table(0.05), fields)
+        run = await run_rows(dut, clock, f"train of rows of {n}", exp_table(0.05), train, 0.0, rng)
+        source, sink = run.inp, run.out
         for r in range(4):
             keys_in = source.accepted_at[r * n:(r + 1) * n]
             codes_out = sink.received_at[r * n:(r + 1) * n]

@@ -1,7 +1,7 @@
 """cocotb testbench of the systolic array (``hw.systolic``), compared with ``calib.intref.gemm``.
 
 Run through ``sim.toolchain`` (see ``tests/test_systolic_sim.py``); the array configuration comes
-in ``$SYSTOLIC_CONFIG`` as JSON. Every test streams whole matmuls, tiled by ``sw.tiling``, through
+in ``$SYSTOLIC_CONFIG`` as JSON. Every test streams whole matmuls, tiled by ``hw.tiling``, through
 the operand stream with random gaps while the result stream gets random back-pressure, and then
 compares every output element with the reference. Nothing is compared with a tolerance.
 """
@@ -13,15 +13,14 @@ import time
 
 import cocotb
 import torch
-from cocotb.triggers import with_timeout
 
 from calib.intref.gemm import INT8, UINT8, matmul_codes
+from hw.payload import PayloadCodec
 from hw.systolic import SystolicConfig
-from sim.payload import PayloadCodec
+from hw.tiling import assemble, operand_beats
 from sim.scoreboard import assert_bit_exact
-from sim.streams import StreamSink, StreamSource
-from sim.tb.common import PERIOD_NS, seeded, start
-from sw.tiling import assemble, operand_beats
+from sim.tb.common import seeded, start
+from sim.tb.jobs import Job, JobRun, run_jobs
 
 CFG = SystolicConfig(**json.loads(os.environ.get("SYSTOLIC_CONFIG", "{}")))
 IN_CODEC = PayloadCodec(CFG.operand_layout)
@@ -43,7 +42,7 @@ class Matmul:
 
     def outputs(self, fields):
         """(hardware result, reference result) from the result-stream fields of this job."""
-        got = assemble(self.tiles, self.a.shape[0], self.b.shape[1], fields)
+        got = torch.from_numpy(assemble(self.tiles, self.a.shape[0], self.b.shape[1], fields))
         return got, matmul_codes(self.a, self.b, self.za, self.zb, self.a_spec, self.b_spec)
 
     def check(self, fields):
@@ -65,32 +64,13 @@ def random_matmul(gen: torch.Generator, m, k, n, a_spec=UINT8, b_spec=INT8) -> M
     return Matmul(codes(a_spec, (m, k)), codes(b_spec, (k, n)), za, zb, a_spec, b_spec)
 
 
-async def stream(dut, clock, jobs, idle, seed):
-    """Stream `jobs` back to back; return the source, the sink and each job's result fields."""
-    rng = random.Random(seed)
-    source = StreamSource(dut, "operands", clock, idle=idle, rng=random.Random(rng.random()))
-    sink = StreamSink(dut, "results", clock, idle=idle, rng=random.Random(rng.random()))
-    words = [w for job in jobs for w in job.words]
-    rows = sum(job.result_rows for job in jobs)
-    receiving = cocotb.start_soon(sink.receive(rows))
-    budget = (len(words) + 2 * rows + 4 * CFG.rows + 100) * (1 + 8 * idle)
-    await with_timeout(source.send(words), int(budget * PERIOD_NS), "ns")
-    await with_timeout(receiving, int(budget * PERIOD_NS), "ns")
-    dut._log.info("%d jobs: %d operand beats, %d result rows, idle %.1f, cycles %d..%d",
-                  len(jobs), len(words), rows, idle, source.accepted_at[0], sink.received_at[-1])
-    fields = OUT_CODEC.decode(sink.words)
-    parts, r = [], 0
-    for job in jobs:
-        parts.append({key: value[r:r + job.result_rows] for key, value in fields.items()})
-        r += job.result_rows
-    return source, sink, parts
-
-
-async def stream_and_check(dut, clock, jobs, idle, seed):
-    source, sink, parts = await stream(dut, clock, jobs, idle, seed)
-    for job, fields in zip(jobs, parts):
-        job.check(fields)
-    return source, sink
+async def run_matmuls(dut, clock, matmuls: list[Matmul], idle: float, seed, check: bool = True) -> JobRun:
+    """Stream `matmuls` back to back; check each one's result (unless `check` is False: the caller
+    reads `JobRun.outputs`)."""
+    jobs = [Job(m.words, m.result_rows, check=m.check if check else None) for m in matmuls]
+    cycles = sum(len(job.words) + 2 * job.out_beats for job in jobs) + 4 * CFG.rows + 100
+    return await run_jobs(dut, clock, jobs, OUT_CODEC, idle=idle, seed=seed, cycles=cycles,
+                          ports=(None, "operands", "results"))
 
 
 @cocotb.test()
@@ -107,7 +87,7 @@ async def random_shapes_with_stalls(dut):
         jobs.append(random_matmul(gen, m, k, n, *specs))
     clock = await start(dut)
     for idle in (0.0, 0.3):
-        await stream_and_check(dut, clock, jobs, idle, seed)
+        await run_matmuls(dut, clock, jobs, idle, seed)
 
 
 @cocotb.test()
@@ -117,7 +97,7 @@ async def vit_sized_ragged_matmul(dut):
     n = 2 * CFG.cols + CFG.cols // 2 + 1
     jobs = [random_matmul(gen, 197, 192, n)]
     clock = await start(dut)
-    await stream_and_check(dut, clock, jobs, 0.2, cocotb.RANDOM_SEED)
+    await run_matmuls(dut, clock, jobs, 0.2, cocotb.RANDOM_SEED)
 
 
 @cocotb.test()
@@ -134,7 +114,7 @@ async def extreme_codes_near_int32_limits(dut):
     ]
     assert int(matmul_codes(jobs[0].a, jobs[0].b, 0, 0, UINT8, UINT8)[0, 0]) > 2**31 - 2**16
     clock = await start(dut)
-    await stream_and_check(dut, clock, jobs, 0.1, cocotb.RANDOM_SEED)
+    await run_matmuls(dut, clock, jobs, 0.1, cocotb.RANDOM_SEED)
 
 
 @cocotb.test()
@@ -144,8 +124,8 @@ async def published_latency_and_full_throughput(dut):
     k = max(CFG.min_tile_beats, 32)
     job = random_matmul(gen, 3 * CFG.rows, k, 2 * CFG.cols)
     clock = await start(dut)
-    source, sink = await stream_and_check(dut, clock, [job], 0.0, cocotb.RANDOM_SEED)
-    accepted = source.accepted_at
+    run = await run_matmuls(dut, clock, [job], 0.0, cocotb.RANDOM_SEED)
+    accepted, sink = run.inp.accepted_at, run.out
     assert accepted == list(range(accepted[0], accepted[0] + len(accepted))), "operands stalled"
     first_row = sink.received_at[0]
     last_beat_of_tile0 = accepted[k - 1]
@@ -169,10 +149,10 @@ async def matmul_job(dut):
     job = random_matmul(gen, spec["m"], spec["k"], spec["n"])
     clock = await start(dut)
     started = time.perf_counter()
-    source, sink, (fields,) = await stream(dut, clock, [job], 0.0, spec["seed"])
+    run = await run_matmuls(dut, clock, [job], 0.0, spec["seed"], check=False)
     wall = time.perf_counter() - started
-    got, want = job.outputs(fields)
-    cycles = sink.received_at[-1] - source.accepted_at[0] + 1
+    got, want = job.outputs(run.outputs[0])
+    cycles = run.out.received_at[-1] - run.inp.accepted_at[0] + 1
     report = {
         "array": f"{CFG.rows}x{CFG.cols}", "shape": [spec["m"], spec["k"], spec["n"]],
         "tiles": len(job.tiles), "operand_beats": len(job.words), "cycles": cycles,
