@@ -28,7 +28,7 @@ def tests(session):
 
 @nox.session(**VENV)
 def sim(session):
-    """cocotb testbenches in Verilator; unchanged RTL reuses its cached build under build/sim."""
+    """cocotb testbenches in Verilator; unchanged RTL reuses its cached build (python -m sw.cache)."""
     install(session)
     session.run("python", "-m", "pytest", "-m", "sim", *session.posargs)
 

@@ -12,6 +12,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 __all__ = ["DataError", "Data", "input_size", "digits_data", "imagefolder_data", "synthetic_data"]
 
@@ -53,6 +54,16 @@ def digits_data(calib_batch: int = 25, batch_size: int = 100, images: int | None
     )
 
 
+def _load_image(path: str):
+    """torchvision's image loader, with an unreadable file reported as a DataError naming it. The
+    DataLoader opens images lazily, so this is where a corrupt file is met, mid-run."""
+    try:
+        return default_loader(path)
+    except Exception as e:  # PIL raises many types for a broken file (OSError, SyntaxError, ValueError, ...)
+        raise DataError(f"--data: cannot read the image {path} ({type(e).__name__}: {e}); expected every file "
+                        "in the class folders to be an image PIL can open (JPEG, PNG, ...)") from None
+
+
 def imagefolder_data(root: str | Path, model: torch.nn.Module, calib_images: int = 1000, calib_batch: int = 100,
                      batch_size: int = 100, images: int | None = None, seed: int = 0) -> Data:
     root = Path(root)
@@ -61,7 +72,7 @@ def imagefolder_data(root: str | Path, model: torch.nn.Module, calib_images: int
             raise DataError(f"--data {root}: expected an ImageFolder with {split}/ (class folders of images) inside")
     transform = create_transform(**_data_config(model))
     try:
-        train, val = ImageFolder(root / "train", transform), ImageFolder(root / "val", transform)
+        train, val = (ImageFolder(root / split, transform, loader=_load_image) for split in ("train", "val"))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"--data {root}: {e}") from None
     classes = getattr(model, "num_classes", None)

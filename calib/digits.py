@@ -5,9 +5,9 @@ trained Vision Transformer with no network access and no downloaded weights, and
 2x2 patches gives a 17-token sequence small enough to push through the simulated accelerator.
 
 Why train here rather than ship weights: the recipe is short and deterministic, so the weights are a
-pure function of ``DigitsConfig`` (for a given torch build and CPU). They are cached under the build
-directory, keyed by a hash of the config and of this file's training code version, and rebuilt on
-a cache miss.
+pure function of ``DigitsConfig`` (for a given torch build and CPU). They are cached in the per-user
+cache (``fqvit.cache``, part ``models``), keyed by a hash of the config and of this file's training
+code version, and rebuilt on a cache miss.
 
 The split is fixed: 500 test images, the other 1297 train, and a 250-image calibration set drawn
 from train (FQ-ViT calibrates on training images).
@@ -31,6 +31,8 @@ from sklearn.datasets import load_digits
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
+from fqvit import cache
+
 __all__ = [
     "PIXEL_LEVELS",
     "NUM_CLASSES",
@@ -45,7 +47,6 @@ __all__ = [
     "build_digits_vit",
     "train_digits_vit",
     "evaluate",
-    "default_cache_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,6 @@ def build_digits_vit(cfg: DigitsConfig) -> VisionTransformer:
     )
 
 
-def default_cache_dir() -> Path:
-    """``$FQVIT_BUILD_DIR/cache``, with the build directory defaulting to ``./build``."""
-    return Path(os.environ.get("FQVIT_BUILD_DIR", "build")) / "cache"
-
-
 def _shift(images: torch.Tensor, max_shift_px: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by a random whole-pixel offset in [-max_shift_px, max_shift_px] per axis.
 
@@ -285,7 +281,7 @@ def train_digits_vit(
     cfg: DigitsConfig = DigitsConfig(), cache_dir: Path | None = None, progress: bool = True
 ) -> VisionTransformer:
     """The trained model for ``cfg`` in eval mode, from the cache or trained (and cached) now."""
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    cache_dir = cache.part("models") if cache_dir is None else Path(cache_dir)
     path = cache_dir / f"digits-vit-{config_hash(cfg)}.pt"
     model = _load_cached(path, cfg)
     if model is not None:

@@ -2,8 +2,8 @@
 
 File format (``*.fqvit.safetensors``): a safetensors file whose tensors are the integer parameters
 (int8 weights, int32 biases, dyadic multipliers, PTF shifts, LayerNorm/GELU/exp tables) and whose
-metadata holds ``format``, ``version`` and a JSON ``manifest``: architecture, quantization config,
-the input quantizer, every integer scalar (zero points, shifts) and a SHA-256 of the tensor bytes.
+metadata holds ``format``, ``version`` and a JSON ``manifest``: architecture, quantization config
+(with the LIS rule by name, ``quant["lis_rule"]``, a ``fqvit.contract.LIS_RULES`` key), the input quantizer, every integer scalar (zero points, shifts) and a SHA-256 of the tensor bytes.
 Loading checks all of it and raises ExportError naming what is wrong.
 """
 
@@ -17,11 +17,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fqvit.contract import LIS_RULES
+
+from .intref import swin as intref_swin
+from .intref import vit as intref_vit
 from .intref.gelu import gelu_table
 from .intref.layernorm import affine_params
 from .intref.requant import dyadic
 from .intref.residual import add_multipliers
-from .intref.softmax import LIS_RULES, exp_table
+from .intref.softmax import exp_table
 from .qsim import QuantSim
 from .quantizer import QParams, quantize
 
@@ -29,6 +33,8 @@ __all__ = ["FORMAT", "VERSION", "ExportError", "IntModel", "Builder", "save", "l
 
 FORMAT = "fqvit-int"
 VERSION = 1
+# Per architecture: the names of the tensors its integer forward reads, from (config, PTF on).
+TENSOR_NAMES = {"vit": intref_vit.tensor_names, "swin": intref_swin.tensor_names}
 
 
 class ExportError(Exception):
@@ -58,6 +64,11 @@ class IntModel:
             return self.ints[name]
         except KeyError:
             raise ExportError(f"integer model {self.model!r} has no integer {name!r}") from None
+
+    @property
+    def lis_rule(self) -> str:
+        """The LIS rounding rule the model was quantized with (``load`` checked it is known)."""
+        return self.quant["lis_rule"]
 
     def zero(self, point: str) -> int:
         return self.i(f"zero.{point}")
@@ -118,8 +129,42 @@ def load(path: str | Path) -> IntModel:
         raise ExportError(f"{path} has a missing or corrupt manifest: {e}") from None
     if _digest(tensors) != manifest.get("sha256"):
         raise ExportError(f"{path}: tensor data does not match the manifest checksum (corrupt file)")
+    _check_lis_rule(path, manifest["quant"], manifest["ints"])
+    _check_tensors(path, manifest, tensors)
     return IntModel(manifest["arch"], manifest["model"], manifest["config"], manifest["quant"], manifest["input"],
                     manifest["ints"], tensors)
+
+
+def _check_lis_rule(path: Path, quant: dict, ints: dict) -> None:
+    """Refuse a LIS rule this code does not know, and softmax (NUM, DEN) pairs that disagree with it."""
+    rule = quant.get("lis_rule")
+    if rule not in LIS_RULES:
+        raise ExportError(f"{path} was quantized with LIS rule {rule!r}, which this code does not know "
+                          f"(known: {', '.join(sorted(LIS_RULES))}); re-export it with `python -m calib`")
+    if not quant.get("lis"):
+        return
+    for key in (k for k in ints if k.endswith(".softmax.num")):
+        layer = key[: -len(".num")]
+        if (ints[key], ints.get(f"{layer}.den")) != LIS_RULES[rule]:
+            raise ExportError(f"{path}: {layer} has LIS thresholds {ints[key]}/{ints.get(f'{layer}.den')}, "
+                              f"but the file's LIS rule {rule!r} is {'/'.join(map(str, LIS_RULES[rule]))}")
+
+
+def _check_tensors(path: Path, manifest: dict, tensors: dict) -> None:
+    """Refuse a file whose tensors are not exactly the ones its network reads (no default fills a gap)."""
+    arch = manifest.get("arch")
+    if arch not in TENSOR_NAMES:
+        raise ExportError(f"{path}: architecture {arch!r} is not one of {sorted(TENSOR_NAMES)}")
+    try:
+        expected = TENSOR_NAMES[arch](manifest["config"], manifest["quant"]["ptf"])
+    except (KeyError, TypeError) as e:
+        raise ExportError(f"{path}: the manifest's {arch} config or quantization config lacks {e}") from None
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        parts = [f"{len(names)} {what}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                 for what, names in (("missing tensors", missing), ("unexpected tensors", unexpected)) if names]
+        raise ExportError(f"{path} does not hold the tensors of its {arch} network ({'; '.join(parts)}); "
+                          "re-export it with `python -m calib`")
 
 
 class Builder:
@@ -161,9 +206,9 @@ class Builder:
         s_acc = s_in * wq.scale.to(torch.float64).numpy()
         t = self.im.tensors
         t[f"{name}.w"] = w.contiguous()
-        if module.bias is not None:
-            b = np.rint(module.bias.detach().to(torch.float64).numpy() / s_acc)
-            t[f"{name}.b"] = torch.from_numpy(b.astype(np.int64)).to(torch.int32)
+        # A layer without a bias gets zeros: every linear has its `.b`, so `load` can require it.
+        bias = np.zeros(w.shape[0]) if module.bias is None else module.bias.detach().to(torch.float64).numpy()
+        t[f"{name}.b"] = torch.from_numpy(np.rint(bias / s_acc).astype(np.int64)).to(torch.int32)
         s_out = s_acc.min() if out_point is None else self.scales(out_point, w.shape[0])
         t[f"{name}.mult"], t[f"{name}.shift"] = dyadic(s_acc / s_out, f"{name} requantization")
 

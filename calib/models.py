@@ -6,6 +6,7 @@ whose architecture calib/vit.py or calib/swin.py supports is built with random w
 mismatched checkpoint silently leaves layers random there).
 """
 
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,11 +16,10 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from . import swin, vit
+from .catalog import DIGITS
 from .vit import UnsupportedModelError
 
 __all__ = ["DIGITS", "ModelError", "family_of", "create_model", "load_checkpoint"]
-
-DIGITS = "digits-vit"
 
 
 class ModelError(ValueError):
@@ -35,24 +35,39 @@ def family_of(model: nn.Module) -> ModuleType:
     return family
 
 
+# What --checkpoint takes, for every message about a file that is not one.
+_EXPECTED = ("expected a PyTorch state dict saved with torch.save(model.state_dict(), path), optionally "
+                       "wrapped as {'model': state_dict}, or a .safetensors file")
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a .pth/.pt/.bin (torch) or .safetensors state dict with strict key matching."""
     path = Path(path)
+    if not path.exists():
+        raise ModelError(f"checkpoint {path} does not exist; {_EXPECTED}")
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
+        raise ModelError(f"checkpoint {path} is not a file; {_EXPECTED}")
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types for unreadable files
-        raise ModelError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+        # torch's own message advises weights_only=False (running the file's pickled code): say
+        # instead what the file is and what it should be.
+        if path.suffix == ".safetensors":
+            what = f"is not a readable safetensors file ({e})"
+        elif zipfile.is_zipfile(path):
+            what = "holds Python objects besides tensors (a whole pickled model?)"
+        else:
+            what = "is not a file written by torch.save"
+        raise ModelError(f"checkpoint {path} {what}; {_EXPECTED}") from None
     for key in ("model", "state_dict", "model_ema"):  # DeiT / Swin release wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise ModelError(f"checkpoint {path} does not hold a state dict of tensors; {_EXPECTED}")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -1,4 +1,9 @@
-"""Calibrate, export, and evaluate float / fake-quant / integer-only side by side."""
+"""Calibrate, export, and evaluate float / fake-quant / integer-only side by side.
+
+``quantize(...)`` is the whole run in one call, the library under ``python -m calib``,
+``sw/run_vit.py`` and ``sw/bench.py``; the steps are public for callers that bring their own model
+or data (``calibrate``, ``quantize_model``, ``evaluate``).
+"""
 
 import time
 from dataclasses import dataclass, field
@@ -7,13 +12,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fqvit import cache
+
+from . import catalog
 from . import export as export_mod
+from .catalog import DIGITS
 from .config import QuantConfig
-from .data import Data
-from .models import family_of
+from .data import Data, DataError, digits_data, imagefolder_data, synthetic_data
+from .models import create_model, family_of
 from .qsim import QuantSim
 
-__all__ = ["calibrate", "quantize_model", "Evaluation", "evaluate", "integer_forward"]
+__all__ = ["calibrate", "quantize_model", "Evaluation", "evaluate", "integer_forward", "load_data",
+           "default_export_path", "Quantized", "quantize"]
 
 
 def integer_forward(im: export_mod.IntModel, codes: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
@@ -89,3 +99,69 @@ def evaluate(model: torch.nn.Module, sim: QuantSim, im: export_mod.IntModel, dat
             ev.images += len(y)
     sim.set_mode("quant")
     return ev
+
+
+def load_data(model_name: str, model: torch.nn.Module, data_dir: str | Path | None = None, synthetic: bool = False,
+              calib_images: int | None = None, calib_batch: int | None = None, images: int | None = None,
+              batch_size: int = 100) -> Data:
+    """The model's calibration and test images: the digits splits for the digits model, else the
+    ImageFolder `data_dir` (FQ-ViT's protocol: 1000 calibration images in batches of 100) or,
+    with `synthetic`, seeded random images (8 calibration, 4 test, batches of at most 4). None
+    picks those defaults."""
+    if model_name == DIGITS:
+        if data_dir is not None:
+            raise DataError(f"--data is for timm models; {DIGITS} uses its own embedded test split")
+        return digits_data(calib_batch or 25, batch_size, images)
+    if data_dir is not None:
+        return imagefolder_data(data_dir, model, calib_images or 1000, calib_batch or 100, batch_size, images)
+    if synthetic:
+        return synthetic_data(model, calib_images or 8, images or 4, min(batch_size, 4))
+    raise DataError(f"--model {model_name} needs --data DIR (an ImageFolder with train/ and val/) or --synthetic")
+
+
+def default_export_path(model_name: str, cfg: QuantConfig) -> Path:
+    """Where `quantize` writes the integer model unless told: the cache, one file per model and
+    settings (each run rewrites it)."""
+    settings = [cfg.observer, "ptf" if cfg.ptf else "noptf", cfg.bits.replace("/", "")]
+    if cfg.lis:
+        settings.append(cfg.lis_rule)
+    if cfg.official:
+        settings.append("official")
+    return cache.part("exports") / f"{model_name.replace('/', '_')}-{'-'.join(settings)}.fqvit.safetensors"
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """What `quantize` made: the calibrated model, the integer model (and its file), and its evaluation."""
+
+    model: torch.nn.Module  # the float model
+    sim: QuantSim  # its calibration, in quant mode
+    im: export_mod.IntModel  # the integer model, as loaded back from `path`
+    path: Path
+    evaluation: Evaluation  # float / fake-quant / integer top-1 on the test images
+    codes: torch.Tensor  # the test images' uint8 codes [N, C, H, W]
+    labels: torch.Tensor  # [N]
+    data: str  # what the images are
+    calibrate_s: float
+
+
+def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, checkpoint: str | Path | None = None,
+             data_dir: str | Path | None = None, synthetic: bool = False, calib_images: int | None = None,
+             calib_batch: int | None = None, images: int | None = None, batch_size: int = 100,
+             export: str | Path | None = None, progress: bool = True) -> Quantized:
+    """Build `model_name` (calib.models.create_model), load its data (`load_data`), calibrate it
+    with `config`, export the integer model to `export` (default `default_export_path`), load the
+    file back and evaluate float, fake-quant and integer-only top-1 on the first `images` test images.
+
+    Raises ModelError, DataError or ExportError (all with what is expected) for unusable inputs."""
+    model = create_model(model_name, checkpoint, progress=progress)
+    data = load_data(model_name, model, data_dir, synthetic, calib_images, calib_batch, images, batch_size)
+    t0 = time.perf_counter()
+    sim = calibrate(model, config, data, progress, official_input_quant=catalog.official_input_quant(model_name))
+    calibrate_s = time.perf_counter() - t0
+    path = Path(export) if export is not None else default_export_path(model_name, config)
+    im = quantize_model(model, sim, model_name, path)
+    ev = evaluate(model, sim, im, data, progress)
+    xs, ys = zip(*data.test)
+    return Quantized(model, sim, im, path, ev, im.quantize_input(torch.cat(xs)), torch.cat(ys), data.description,
+                     calibrate_s)

@@ -5,26 +5,22 @@ PTF (8/8/8) and with PTF + LIS (8/8/4), plus the LIS rounding-rule and official-
 and writes the Markdown table (and a JSON copy) that the docs quote.
 """
 
+# Only torch-free modules at the top: --help and usage errors answer without loading torch.
 import argparse
 import json
 import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
-import torch
-from rich.console import Console
-from tqdm import tqdm
+from fqvit import cache
+from fqvit.cli import arg_type, guarded, writable_file
 
-from .config import QuantConfig
-from .data import digits_data
-from .digits import DigitsConfig
-from .models import DIGITS, create_model
-from .observers import OBSERVERS
-from .pipeline import calibrate, evaluate, quantize_model
+from .catalog import DIGITS
+from .config import OBSERVER_NAMES, QuantConfig
 
-CONFIGS = [QuantConfig(obs, ptf, lis) for obs in OBSERVERS for ptf, lis in ((False, False), (True, False), (True, True))]
+CONFIGS = [QuantConfig(obs, ptf, lis) for obs in OBSERVER_NAMES
+           for ptf, lis in ((False, False), (True, False), (True, True))]
 CONFIGS += [QuantConfig("minmax", True, True, lis_rule="fqvit"),
             QuantConfig("minmax", True, False, lis_rule="fqvit", official=True),
             QuantConfig("minmax", True, True, lis_rule="fqvit", official=True)]
@@ -40,13 +36,22 @@ def method(cfg: QuantConfig) -> str:
 
 
 def run_all(progress: bool = True) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from .data import digits_data
+    from .digits import DigitsConfig
+    from .models import create_model
+    from .pipeline import calibrate, evaluate, quantize_model
+
+    torch.set_grad_enabled(False)
     model = create_model(DIGITS, progress=progress)
     data = digits_data()
     rows = []
     for cfg in tqdm(CONFIGS, desc="configurations", disable=not progress):
         t0 = time.perf_counter()
         sim = calibrate(model, cfg, data, progress=False)
-        im = quantize_model(model, sim, DIGITS, Path("build/export/results.fqvit.safetensors"))
+        im = quantize_model(model, sim, DIGITS, cache.part("exports") / "results.fqvit.safetensors")
         ev = evaluate(model, sim, im, data, progress=False)
         rows.append({"config": cfg.to_dict(), "method": method(cfg), "bits": cfg.bits, "top1": ev.top1(),
                      "agreement_int_fq": 100.0 * ev.agree_int_fq / ev.images, "images": ev.images,
@@ -96,16 +101,28 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m calib.results", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="docs/results.md", help="Markdown file to write")
-    p.add_argument("--json", default="build/results.json", help="JSON copy of the numbers")
+    p.add_argument("--out", type=arg_type(writable_file), default="docs/results.md",
+                   help="Markdown file to write (default docs/results.md)")
+    p.add_argument("--json", type=arg_type(writable_file), default=None,
+                   help="JSON copy of the numbers (default: --out with .json)")
     p.add_argument("--quiet", action="store_true")
+    cache.add_argument(p)
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
+    cache.apply(args)
+    if args.json is None:
+        try:
+            args.json = writable_file(args.out.with_suffix(".json"))
+        except ValueError as err:
+            p.error(f"--json: {err}")
+    return guarded(lambda: write(args))
+
+
+def write(args) -> int:
+    from rich.console import Console
+
     res = run_all(progress=not args.quiet)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(markdown(res))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    args.out.write_text(markdown(res))
+    args.json.write_text(json.dumps(res, indent=2) + "\n")
     Console().print(markdown(res))
     return 0
 

@@ -6,27 +6,19 @@
     python -m rtl_gen --all --out build/rtl                         # every unit, default configs
     python -m rtl_gen --unit top --target ecp5                      # multipliers as ECP5 MULT18X18D primitives
     python -m rtl_gen --unit top --synth ecp5 --json report.json    # resources and fmax on an LFE5U-85F
+
+Without --out the files go to the cache's rtl/ folder (python -m sw.cache shows where).
 """
 
 import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
+from fqvit import cache
+from fqvit.cli import arg_type, guarded, number, writable_file, writable_folder
 from hw.systolic import SystolicConfig
 from rtl_gen import TARGETS, config_class, generate_unit, unit_names
-
-
-def dimension(text: str) -> int:
-    limit = f"an integer in 1..{SystolicConfig.MAX_DIM}"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {limit}, got {text!r}") from None
-    if not 1 <= value <= SystolicConfig.MAX_DIM:
-        raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
-    return value
 
 
 def build_config(unit: str, settings: list[str], rows: int, cols: int):
@@ -52,16 +44,20 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--unit", default="systolic", choices=unit_names(), help="which unit (default systolic)")
     parser.add_argument("--all", action="store_true", help="every unit with its default config (and --rows/--cols)")
+    dimension = number(int, 1, SystolicConfig.MAX_DIM)
     parser.add_argument("--rows", type=dimension, default=8, help="systolic array rows R (default 8)")
     parser.add_argument("--cols", type=dimension, default=8, help="systolic array columns C (default 8)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field of --unit")
-    parser.add_argument("--out", type=Path, default=Path("build/rtl"), help="output folder (default build/rtl)")
+    parser.add_argument("--out", type=arg_type(writable_folder), default=None,
+                        help="output folder, created if missing (default: the cache's rtl/)")
     parser.add_argument("--target", choices=list(TARGETS), help="generic RTL (default) or ecp5: multipliers as "
                         "MULT18X18D primitives with their own registers (same cycle behaviour)")
     parser.add_argument("--synth", choices=["ecp5"], help="also synthesize, place and route for an LFE5U-85F "
                         "(minutes; implies --target ecp5)")
-    parser.add_argument("--json", type=Path, help="with --synth: write the resource and fmax report here")
+    parser.add_argument("--json", type=arg_type(writable_file), help="with --synth: write the resource and fmax report here")
+    cache.add_argument(parser)
     args = parser.parse_args(argv)
+    cache.apply(args)
     if args.json and not args.synth:
         parser.error("--json needs --synth ecp5")
     if args.synth and args.all:
@@ -69,7 +65,11 @@ def main(argv=None) -> int:
     if args.synth and args.target == "generic":
         parser.error("--synth ecp5 synthesizes the ecp5 target; leave out --target generic")
     target = args.target or ("ecp5" if args.synth else "generic")
+    return guarded(lambda: run(parser, args, target))
 
+
+def run(parser: argparse.ArgumentParser, args, target: str) -> int:
+    out = args.out or cache.part("rtl")
     try:
         units = unit_names() if args.all else [args.unit]
         generated = [generate_unit(u, build_config(u, [] if args.all else args.set, args.rows, args.cols), target)
@@ -77,14 +77,14 @@ def main(argv=None) -> int:
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         for g in generated:
-            (args.out / f"{g.name}.v").write_text(g.verilog)
-            (args.out / f"{g.name}.json").write_text(json.dumps(g.manifest, indent=2) + "\n")
+            (out / f"{g.name}.v").write_text(g.verilog)
+            (out / f"{g.name}.json").write_text(json.dumps(g.manifest, indent=2) + "\n")
     except OSError as err:
-        parser.exit(2, f"{parser.prog}: error: cannot write to {args.out}: {err.strerror}\n")
+        parser.exit(2, f"{parser.prog}: error: cannot write to {out}: {err.strerror}\n")
     for g in generated:
-        print(f"wrote {args.out / g.name}.v and .json (timing {g.manifest['timing']})")
+        print(f"wrote {out / g.name}.v and .json (timing {g.manifest['timing']})")
     if args.synth:
         from rtl_gen.synth import report
 
@@ -95,7 +95,6 @@ def main(argv=None) -> int:
             parser.exit(1, f"{parser.prog}: error: {err}\n")
         print(json.dumps(result, indent=2))
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

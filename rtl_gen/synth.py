@@ -17,9 +17,15 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from fqvit.cli import arg_type, guarded, number, writable_file
 from rtl_gen import _units, config_class, generate_unit, target_platform, unit_names
 
-__all__ = ["DEVICE", "SPEED_GRADE", "synthesize", "place_and_route", "report"]
+__all__ = ["DEVICE", "SPEED_GRADE", "DEFAULT_OUT", "DEFAULT_JSON", "synthesize", "place_and_route", "report"]
+
+# The page and, beside it, its numbers (`--from-json` rewrites the page from them; python -m sw.bench
+# reads the top's fmax there).
+DEFAULT_OUT = "docs/synthesis.md"
+DEFAULT_JSON = str(Path(DEFAULT_OUT).with_suffix(".json"))
 
 CELLS = {"LUT4": "LUT4", "TRELLIS_FF": "FF", "CCU2C": "carry (CCU2C)", "MULT18X18D": "DSP (MULT18X18D)",
          "DP16KD": "BRAM (DP16KD)"}
@@ -141,17 +147,24 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rtl_gen.synth", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="docs/synthesis.md", help="Markdown file to write")
-    p.add_argument("--json", default="build/synthesis.json", help="JSON copy of the numbers")
+    p.add_argument("--out", type=arg_type(writable_file), default=DEFAULT_OUT,
+                   help=f"Markdown file to write (default {DEFAULT_OUT})")
+    p.add_argument("--json", type=arg_type(writable_file), default=DEFAULT_JSON,
+                   help=f"JSON copy of the numbers (default {DEFAULT_JSON})")
     p.add_argument("--unit", action="append", choices=unit_names(), help="only these units (default: all)")
     p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="designs in parallel (default: the CPU count)")
+    p.add_argument("--jobs", type=number(int, 1), default=os.cpu_count() or 1,
+                   help="designs in parallel (default: the CPU count)")
     args = p.parse_args(argv)
+    if args.from_json and not args.json.is_file():
+        p.error(f"--from-json: {args.json} does not exist (run python -m rtl_gen.synth without --from-json first)")
+    return guarded(lambda: run(args))
+
+
+def run(args) -> int:
     if args.from_json:
-        Path(args.out).write_text(markdown(json.loads(Path(args.json).read_text())))
+        args.out.write_text(markdown(json.loads(args.json.read_text())))
         return 0
-    if args.jobs < 1:
-        p.error(f"--jobs must be at least 1, got {args.jobs}")
     chosen = [(unit, config) for unit, config in targets() if not args.unit or unit in args.unit]
     print(f"synthesizing, placing and routing {len(chosen)} designs, {args.jobs} at a time ...", flush=True)
     rows = []
@@ -167,9 +180,8 @@ def main(argv=None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
             print(f"  {config.name}: {rows[-1]}", flush=True)
-    Path(args.out).write_text(markdown(rows))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    args.out.write_text(markdown(rows))
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(markdown(rows))
     return 0
 

@@ -14,48 +14,61 @@ Everything is measured on this machine in one run, on the Verilated top with an 
    Python (the cocotb testbench), measured in the same run;
 4. calibration time of the digits model and of the DeiT-Tiny architecture.
 
-Machine-dependent figures are medians of ``--repeat`` runs.
+Machine-dependent figures are medians of ``--repeat`` runs. The numbers also go to ``--json``
+(default: beside ``--out``), from which ``--from-json`` rewrites the page.
 """
 
+# Only torch-free modules at the top: --help and usage errors answer without loading torch.
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
-from rich.console import Console
+from fqvit import cache
+from fqvit.cli import arg_type, guarded, number, writable_file
+from fqvit.contract import DEFAULT_LIS_RULE
 
-from calib.digits import DigitsConfig
-from hw.top import TopConfig
-from sw import driver
-from sw.run_vit import quantize
-
-MODELS = {  # name: (tokens, embed dim, MLP hidden, classes)
-    "digits": (17, DigitsConfig().embed_dim, int(DigitsConfig().embed_dim * DigitsConfig().mlp_ratio), 10),
-    "DeiT-T": (197, 192, 768, 1000),
-    "DeiT-S": (197, 384, 1536, 1000),
-    "DeiT-B": (197, 768, 3072, 1000),
-}
 ARRAY = (8, 8)
-BENCH_TOP = TopConfig(*ARRAY, act_kib=32, weight_kib=64, max_channels=4096, softmax_rule="nearest")
+DEIT = {"DeiT-T": (197, 192, 768, 1000), "DeiT-S": (197, 384, 1536, 1000), "DeiT-B": (197, 768, 3072, 1000)}
+MODEL_NAMES = ("digits", *DEIT)
 
 
-def gemm_shapes(models) -> list[tuple[str, str, tuple[int, int, int]]]:
+def models() -> dict:
+    """name: (tokens, embed dim, MLP hidden, classes) of the digits model and DeiT-T/S/B."""
+    from calib.digits import DigitsConfig
+
+    d = DigitsConfig()
+    return {"digits": ((d.img_size // d.patch_size) ** 2 + 1, d.embed_dim, int(d.embed_dim * d.mlp_ratio), 10), **DEIT}
+
+
+def bench_top():
+    """The top the GEMMs run on: buffers and channels for DeiT-B's widest layer."""
+    from hw.top import TopConfig
+
+    return TopConfig(*ARRAY, act_kib=32, weight_kib=64, max_channels=4096, softmax_rule=DEFAULT_LIS_RULE)
+
+
+def gemm_shapes(names) -> list[tuple[str, str, tuple[int, int, int]]]:
+    dims = models()
     rows = []
-    for name in models:
-        t, d, h, _ = MODELS[name]
+    for name in names:
+        t, d, h, _ = dims[name]
         rows += [(name, "qkv", (t, d, 3 * d)), (name, "proj", (t, d, d)), (name, "fc1", (t, d, h)),
                  (name, "fc2", (t, h, d))]
     return rows
 
 
 def run_gemms(shapes, console) -> list[dict]:
-    compiled = driver.build_sim(BENCH_TOP)
+    from sw import driver
+
+    top = bench_top()
+    compiled = driver.build_sim(top)
     with tempfile.TemporaryDirectory() as tmp, console.status(f"{len(shapes)} GEMMs through the Verilated top"):
-        result = driver.simulate(compiled, BENCH_TOP, Path(tmp), {"gemms": [list(s) for _, _, s in shapes]})
+        result = driver.simulate(compiled, top, Path(tmp), {"gemms": [list(s) for _, _, s in shapes]})
     out = []
     for (model, layer, shape), r in zip(shapes, result["gemms"]):
         ideal = r["macs"] / (ARRAY[0] * ARRAY[1])
@@ -64,11 +77,15 @@ def run_gemms(shapes, console) -> list[dict]:
     return out
 
 
-def model_run(model: str, images: int, layers: int | None, console, extra=()) -> dict:
-    """Quantize, then run on the sim backend; cycles, per-op log and simulation times."""
-    args = Namespace(model=model, checkpoint=None, data=None, synthetic=model != "digits-vit", images=images,
-                     observer="minmax", lis_rule="nearest", layers=layers)
-    q = quantize(args, progress=False)
+def model_run(model: str, images: int, layers: int | None) -> dict:
+    """Quantize (as sw/run_vit.py does), then run on the sim backend; cycles, per-op log and simulation times."""
+    from calib.catalog import DIGITS
+    from calib.config import QuantConfig
+    from calib.pipeline import quantize
+    from sw import driver
+
+    q = quantize(model, QuantConfig(lis_rule=DEFAULT_LIS_RULE), synthetic=model != DIGITS, images=images,
+                 batch_size=images, progress=False)
     depth = q.im.config["depth"] if layers is None else layers
     cfg = driver.top_config(q.im, *ARRAY)
     reference, _ = driver.plan(q.im, q.codes, cfg, depth)
@@ -84,10 +101,12 @@ def model_run(model: str, images: int, layers: int | None, console, extra=()) ->
 
 def extrapolate(run: dict, head_cycles: int) -> int:
     """Cycles of the whole model from a run of its first block: pre (patch embed + position add),
-    depth x block (11 ops), the final LayerNorm (the size of the block's first) and the head."""
+    depth x block, the final LayerNorm (the size of the block's first, norm1) and the head."""
+    from calib.intref.vit import BLOCK_OPS, PRE_OPS
+
     log = [c for _, c in run["log"]]
-    pre, block = sum(log[:2]), sum(log[2:13])
-    return pre + run["full_depth"] * block + log[2] + head_cycles
+    pre, block = sum(log[:len(PRE_OPS)]), sum(log[len(PRE_OPS):len(PRE_OPS) + len(BLOCK_OPS)])
+    return pre + run["full_depth"] * block + log[len(PRE_OPS)] + head_cycles
 
 
 def bare_array_speed() -> float:
@@ -109,7 +128,10 @@ def bare_array_speed() -> float:
 
 
 def fmax_of_top() -> tuple[float | None, str]:
-    path = Path("build/synthesis.json")
+    """The top's fmax from `python -m rtl_gen.synth`'s JSON (its default place), with where it came from."""
+    from rtl_gen.synth import DEFAULT_JSON
+
+    path = Path(DEFAULT_JSON)
     if path.is_file():
         for row in json.loads(path.read_text()):
             if row.get("unit") == "top" and row.get("fmax_mhz"):
@@ -183,7 +205,7 @@ def markdown(r: dict) -> str:
 
 
 def with_clock(r: dict) -> dict:
-    """`r` with the top's clock (build/synthesis.json, else 100 MHz) and each model's images/s at it."""
+    """`r` with the top's clock (rtl_gen.synth's JSON, else 100 MHz) and each model's images/s at it."""
     fmax, source = fmax_of_top()
     r["clock_mhz"], r["clock_source"] = fmax or 100.0, source
     for model in r["models"]:
@@ -191,40 +213,33 @@ def with_clock(r: dict) -> dict:
     return r
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sw.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("docs/performance.md"))
-    p.add_argument("--json", type=Path, default=Path("build/performance.json"))
-    p.add_argument("--repeat", type=int, default=3, help="runs of the machine-dependent figures (median)")
-    p.add_argument("--quick", action="store_true", help="GEMMs of the digits model and DeiT-T only")
-    p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
-    args = p.parse_args(argv)
-    if args.from_json:  # the clock is re-read: a newer place-and-route result updates images/s
-        r = with_clock(json.loads(args.json.read_text()))
-        args.json.write_text(json.dumps(r, indent=2) + "\n")
-        args.out.write_text(markdown(r))
-        return 0
-    console = Console()
-    import platform
+class NotBitExact(RuntimeError):
+    """A benchmark run whose tensors differ from the integer reference: its figures mean nothing."""
+
+
+def measure(args, console) -> dict:
+    """Every figure of the page (sections 1-4 of the module docstring)."""
     import os
+    import platform
+
+    from calib.catalog import DIGITS
 
     r = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "repeat": args.repeat}
-    shapes = gemm_shapes(["digits", "DeiT-T"] if args.quick else list(MODELS))
-    heads = [("digits", "head", (8, MODELS["digits"][1], 10)), ("DeiT-T", "head", (1, 192, 1000))]
+    shapes = gemm_shapes(["digits", "DeiT-T"] if args.quick else list(MODEL_NAMES))
+    heads = [("digits", "head", (8, models()["digits"][1], 10)), ("DeiT-T", "head", (1, 192, 1000))]
     console.print(f"GEMMs: {len(shapes)} shapes on the {ARRAY[0]}x{ARRAY[1]} top")
     measured = run_gemms(shapes + heads, console)
     r["gemms"], head_runs = measured[:len(shapes)], measured[len(shapes):]
 
     console.print("digits model, whole and first block; DeiT-Tiny first block")
-    digits = [model_run("digits-vit", 8, None, console) for _ in range(args.repeat)]
-    digits_block = model_run("digits-vit", 8, 1, console)
-    deit = model_run("deit_tiny_patch16_224", 1, 1, console)
+    digits = [model_run(DIGITS, 8, None) for _ in range(args.repeat)]
+    digits_block = model_run(DIGITS, 8, 1)
+    deit = model_run("deit_tiny_patch16_224", 1, 1)
     console.print("DeiT-Tiny, whole model (12 blocks) through the RTL")
-    deit_full = model_run("deit_tiny_patch16_224", 1, None, console)
+    deit_full = model_run("deit_tiny_patch16_224", 1, None)
     for run in (*digits, digits_block, deit, deit_full):
         if run["mismatches"]:
-            console.print(f"[red]error:[/red] {run['model']} is not bit-exact on the top ({run['mismatches']} mismatches)")
-            return 1
+            raise NotBitExact(f"{run['model']} is not bit-exact on the top ({run['mismatches']} mismatches)")
     full = statistics.median(d["cycles"] for d in digits)
     r["extrapolation_error_pct"] = {
         "digits-vit": 100 * (extrapolate(digits_block, head_runs[0]["cycles"]) - full) / full,
@@ -250,16 +265,60 @@ def main(argv=None) -> int:
     r["speedup_vs_bare"] = r["speed"][0]["rtl_cycles_per_s"] / r["bare_cycles_per_s"]
     r["calibration"] = [{"model": "digits-vit", "images": 250, "seconds": statistics.median(d["calibrate_s"] for d in digits)},
                         {"model": "deit_tiny_patch16_224 (random init)", "images": 8, "seconds": deit["calibrate_s"]}]
+    return r
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot_path = args.out.with_name("performance_utilization.png")
-    plot(r["gemms"], plot_path)
-    r["plot"] = plot_path.name
-    args.out.write_text(markdown(r))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(r, indent=2, default=str) + "\n")
-    console.print(markdown(r))
-    return 0
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sw.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=arg_type(writable_file), default="docs/performance.md",
+                   help="Markdown page to write (default docs/performance.md; its plot goes beside it)")
+    p.add_argument("--json", type=arg_type(writable_file), default=None,
+                   help="the page's numbers as JSON (default: --out with .json)")
+    p.add_argument("--repeat", type=number(int, 1), default=3, help="runs of the machine-dependent figures (median)")
+    p.add_argument("--quick", action="store_true", help="GEMMs of the digits model and DeiT-T only")
+    p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
+    cache.add_argument(p)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    cache.apply(args)
+    if args.json is None:
+        try:
+            args.json = writable_file(args.out.with_suffix(".json"))
+        except ValueError as err:
+            p.error(f"--json: {err}")
+    if args.from_json and not args.json.is_file():
+        p.error(f"--from-json: {args.json} does not exist (run python -m sw.bench without --from-json first)")
+    if not args.from_json and importlib.util.find_spec("matplotlib") is None:  # the plot, at the very end
+        p.error("the plot needs matplotlib: pip install -e '.[bench]'")
+
+    def work() -> int:
+        from rich.console import Console
+
+        console = Console()
+        if args.from_json:  # the clock is re-read: a newer place-and-route result updates images/s
+            r = with_clock(json.loads(args.json.read_text()))
+        else:
+            from sim.toolchain import ToolchainError
+
+            try:
+                r = measure(args, console)
+            except (NotBitExact, ToolchainError) as err:
+                console.print(f"[red]error:[/red] {err}")
+                return 1 if isinstance(err, NotBitExact) else 2
+            plot_path = args.out.with_name("performance_utilization.png")
+            plot(r["gemms"], plot_path)
+            r["plot"] = plot_path.name
+        args.out.write_text(markdown(r))
+        args.json.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        if not args.from_json:
+            console.print(markdown(r))
+        return 0
+
+    return guarded(work)
 
 
 if __name__ == "__main__":

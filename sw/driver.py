@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from calib.export import IntModel
-from calib.intref import vit
+from calib.intref import swin, vit
 from calib.intref.blocks import REF
-from calib.intref.softmax import LIS_RULES
 from hw.top import Accelerator, TopConfig
 from rtl_gen import generate
 from sim import toolchain
@@ -51,12 +50,10 @@ def top_config(im: IntModel, rows: int, cols: int, **buffers) -> TopConfig:
                            f"(Swin's window attention is not compiled yet)")
     if not im.quant["lis"]:
         raise CompileError("the accelerator implements the 4-bit LIS softmax only; quantize the model with LIS (--lis)")
-    num_den = (im.i("blocks.0.attn.softmax.num"), im.i("blocks.0.attn.softmax.den"))
-    rules = {v: k for k, v in LIS_RULES.items()}
     c = im.config
     widest = max(c["mlp_hidden"], 3 * c["embed_dim"], c["tokens"], c["num_classes"])
     return TopConfig(rows, cols, max_channels=max(1024, 1 << (widest - 1).bit_length()),
-                     max_keys=max(256, 1 << (c["tokens"] - 1).bit_length()), softmax_rule=rules[num_den], **buffers)
+                     max_keys=max(256, 1 << (c["tokens"] - 1).bit_length()), softmax_rule=im.lis_rule, **buffers)
 
 
 def check_images(im: IntModel, codes: torch.Tensor) -> None:
@@ -77,11 +74,18 @@ def plan(im: IntModel, codes: torch.Tensor, cfg: TopConfig, depth: int) -> tuple
     return run, sum(s["calls"] for s in ops.stats.values())
 
 
-def run_ref(im: IntModel, codes: torch.Tensor, depth: int) -> Run:
+def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:
+    """The ``ref`` backend: the integer reference on the images, the whole model (ViT or Swin) or a
+    ViT's first `depth` blocks."""
     check_images(im, codes)
     trace = {}
     t0 = time.perf_counter()
-    out = vit.forward(im, codes, trace, REF, depth)
+    if im.arch == "vit":
+        out = vit.forward(im, codes, trace, REF, depth)
+    elif depth is None:
+        out = swin.forward(im, codes, trace)
+    else:
+        raise CompileError(f"{im.model} is a {im.arch} model: it runs whole, not its first {depth} blocks")
     return Run(out, trace, wall_s=time.perf_counter() - t0)
 
 

@@ -7,6 +7,7 @@ codes through it with the cocotb testbench, compares every element with the inte
 and reports cycles, MAC utilization and simulation speed.
 """
 
+# Only light modules at the top: --help and usage errors answer at once.
 import argparse
 import json
 import sys
@@ -14,39 +15,51 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-from hw.systolic import SystolicConfig
-from rtl_gen import generate_systolic
-from sim import toolchain
+from fqvit import cache
+from fqvit.cli import arg_type, guarded, number, writable_file
 
 
-def dims(text: str, count: int, what: str) -> tuple[int, ...]:
-    parts = text.lower().split("x")
+def shape(text: str) -> tuple[int, int, int]:
+    """``MxKxN`` as (M, K, N), each a positive integer."""
     try:
-        values = tuple(int(p) for p in parts)
+        values = tuple(int(p) for p in text.lower().split("x"))
     except ValueError:
         values = ()
-    if len(values) != count or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{what} must be {count} positive integers joined by 'x', got {text!r}")
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"shape must be MxKxN, three positive integers joined by 'x', got {text!r}")
     return values
+
+
+def array_size(text: str) -> tuple[int, int]:
+    from hw.systolic import parse_array  # Amaranth, loaded only when --array is given
+
+    return parse_array(text)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sw.run_matmul", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--array", default="8x8", type=lambda t: dims(t, 2, "--array"), help="RxC (default 8x8)")
-    parser.add_argument("--shape", default="197x192x576", type=lambda t: dims(t, 3, "--shape"),
+    parser.add_argument("--array", default=(8, 8), type=arg_type(array_size), help="RxC (default 8x8)")
+    parser.add_argument("--shape", default=(197, 192, 576), type=arg_type(shape),
                         help="MxKxN (default 197x192x576: DeiT-Tiny's qkv projection)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random codes (default 0)")
+    parser.add_argument("--json", type=arg_type(writable_file), help="also write the report here")
+    cache.add_argument(parser)
     args = parser.parse_args(argv)
+    cache.apply(args)
+    return guarded(lambda: run(args))
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hw.systolic import SystolicConfig
+    from rtl_gen import generate_systolic
+    from sim import toolchain
+
     console = Console()
-    try:
-        config = SystolicConfig(*args.array)
-    except ValueError as err:
-        parser.error(f"--array: {err}")
+    config = SystolicConfig(*args.array)
     m, k, n = args.shape
 
     try:

@@ -5,139 +5,132 @@ runs the first test images on a backend: ``ref`` (the integer reference) or ``si
 Verilated accelerator top, built once and cached). Every intermediate tensor of the backend is
 compared with the integer reference, bit for bit. The report gives top-1 of float / fake-quant /
 integer reference / backend, the mismatch count, cycles per op kind, MAC utilization and images/s
-at the stated clock; ``--json`` writes it to a file.
+at the stated clock; ``--json`` writes it to a file. Swin models run on the ``ref`` backend only.
 
     python sw/run_vit.py --backend sim                          # embedded digits model, 8x8 array
     python sw/run_vit.py --backend sim --array 4x6 --images 4
     python sw/run_vit.py --backend sim --model deit_tiny_patch16_224 --synthetic --images 1 --layers 1
     python sw/run_vit.py --model deit_tiny_patch16_224 --checkpoint deit_tiny.pth --data /imagenet
+    python sw/run_vit.py --backend ref --model swin_tiny_patch4_window7_224 --synthetic --images 1
 """
 
+# Only torch-free modules at the top: --help and usage errors answer without loading torch.
 import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from calib.__main__ import prepare
-from calib.data import DataError
-from calib.export import ExportError, IntModel
-from calib.intref.softmax import LIS_RULES
-from calib.models import DIGITS, ModelError
-from calib.observers import OBSERVERS
-from calib.pipeline import Evaluation, calibrate, evaluate, quantize_model
-from hw.systolic import SystolicConfig
-from sim.toolchain import ToolchainError
-from sw import driver
-from sw.compiler import CompileError
+from calib.catalog import DIGITS, family_name
+from calib.config import OBSERVER_NAMES
+from fqvit import cache
+from fqvit.cli import arg_type, guarded, number, writable_file
+from fqvit.contract import DEFAULT_LIS_RULE, LIS_RULES
 
 OP_LABELS = {"linear": "linear (matmul + requant/GELU)", "logits": "attention logits Q.K^T", "softmax": "LIS softmax",
              "attn_v": "attention x V", "layernorm": "LayerNorm", "add": "residual add"}
 
 
-def array_dims(text: str) -> tuple[int, int]:
-    try:
-        rows, cols = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--array must be RxC (two integers), got {text!r}") from None
-    for name, value in (("rows", rows), ("cols", cols)):
-        if not 1 <= value <= SystolicConfig.MAX_DIM:
-            raise argparse.ArgumentTypeError(f"--array {name} must be in 1..{SystolicConfig.MAX_DIM}, got {value}")
-    return rows, cols
+def array_size(text: str) -> tuple[int, int]:
+    from hw.systolic import parse_array  # Amaranth, loaded only when --array is given
+
+    return parse_array(text)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python sw/run_vit.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    count = number(int, 1)
     p.add_argument("--backend", choices=("ref", "sim"), default="sim", help="where the integer model runs (default sim)")
-    p.add_argument("--model", default=DIGITS, help=f"{DIGITS} (default, embedded) or a timm ViT/DeiT name")
+    p.add_argument("--model", default=DIGITS, help=f"{DIGITS} (default, embedded) or a timm ViT/DeiT name "
+                   "(Swin: --backend ref only)")
     p.add_argument("--checkpoint", help="state dict to load (strict key matching); timm models are random otherwise")
     p.add_argument("--data", help="ImageFolder root with train/ (calibration) and val/ (evaluation)")
     p.add_argument("--synthetic", action="store_true", help="timm models without --data: seeded random images")
-    p.add_argument("--images", type=int, default=8, help="test images to run (default 8)")
-    p.add_argument("--array", type=array_dims, default=(8, 8), help="systolic array RxC (default 8x8)")
-    p.add_argument("--act-kib", type=int, default=8, help="activation buffer KiB (default 8)")
-    p.add_argument("--weight-kib", type=int, default=64, help="weight buffer KiB (default 64)")
-    p.add_argument("--layers", type=int, default=None, help="run only the first K transformer blocks")
-    p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS), help="activation observer")
-    p.add_argument("--lis-rule", default="nearest", choices=sorted(LIS_RULES), help="LIS rounding rule")
-    p.add_argument("--clock-mhz", type=float, default=100.0, help="clock for images/s (default 100 MHz)")
-    p.add_argument("--json", type=Path, help="write the report as JSON here")
+    p.add_argument("--images", type=count, default=8, help="test images to run (default 8)")
+    p.add_argument("--array", type=arg_type(array_size), default=(8, 8), help="systolic array RxC (default 8x8)")
+    p.add_argument("--act-kib", type=count, default=8, help="activation buffer KiB (default 8)")
+    p.add_argument("--weight-kib", type=count, default=64, help="weight buffer KiB (default 64)")
+    p.add_argument("--layers", type=count, default=None, help="run only the first K transformer blocks (ViT/DeiT)")
+    p.add_argument("--observer", default="minmax", choices=OBSERVER_NAMES, help="activation observer")
+    p.add_argument("--lis-rule", default=DEFAULT_LIS_RULE, choices=sorted(LIS_RULES),
+                   help=f"LIS rounding rule (default {DEFAULT_LIS_RULE})")
+    p.add_argument("--clock-mhz", type=number(float, 0, low_open=True), default=100.0,
+                   help="clock for images/s (default 100 MHz)")
+    p.add_argument("--json", type=arg_type(writable_file), help="write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cache.add_argument(p)
     return p
 
 
-def calib_args(args) -> argparse.Namespace:
-    """The calib CLI's arguments for this run: PTF and LIS (the accelerator's softmax) always on."""
-    return argparse.Namespace(model=args.model, checkpoint=args.checkpoint, data=args.data, synthetic=args.synthetic,
-                              observer=args.observer, ptf=True, lis=True, lis_rule=args.lis_rule, official=False,
-                              calib_images=None, calib_batch=None, images=args.images, batch_size=args.images,
-                              export=None)
+def refusal(args) -> str | None:
+    """Why the run cannot go ahead, decided from the arguments alone (before calibrating); None if it can."""
+    if family_name(args.model) == "swin":
+        if args.backend == "sim":
+            return (f"{args.model} is a Swin model: the accelerator does not run Swin's shifted-window attention "
+                    "yet; --backend ref runs its integer reference")
+        if args.layers is not None:
+            return f"--layers takes the first blocks of a ViT/DeiT; {args.model} (Swin) runs whole"
+    return None
 
 
-@dataclass
-class Quantized:
-    im: IntModel
-    path: Path  # the exported integer model
-    evaluation: Evaluation  # float / fake-quant / integer top-1 on the test images
-    codes: torch.Tensor  # the test images' uint8 codes
-    labels: torch.Tensor
-    calibrate_s: float
+def run(args, console) -> dict:
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from calib.config import QuantConfig
+    from calib.pipeline import integer_forward, quantize
+    from sw import driver
+    from sw.compiler import CompileError
 
-def quantize(args, progress: bool) -> Quantized:
-    """Calibrate (PTF + LIS), export and evaluate the model the arguments name."""
-    model, data, qcfg, path = prepare(calib_args(args), progress)
-    t0 = time.perf_counter()
-    sim = calibrate(model, qcfg, data, progress, official_input_quant=not args.model.startswith("vit_"))
-    calibrate_s = time.perf_counter() - t0
-    im = quantize_model(model, sim, args.model, path)
-    ev = evaluate(model, sim, im, data, progress)
-    xs, ys = zip(*data.test)
-    return Quantized(im, path, ev, im.quantize_input(torch.cat(xs)), torch.cat(ys), calibrate_s)
-
-
-def run(args, console: Console) -> dict:
+    torch.set_grad_enabled(False)
     t_start = time.perf_counter()
     progress = not args.quiet
-    q = quantize(args, progress)
-    im, path, ev, codes, labels = q.im, q.path, q.evaluation, q.codes, q.labels
+    # PTF and LIS (the accelerator's softmax) always on; all test images in one batch
+    q = quantize(args.model, QuantConfig(args.observer, ptf=True, lis=True, lis_rule=args.lis_rule),
+                 checkpoint=args.checkpoint, data_dir=args.data, synthetic=args.synthetic, images=args.images,
+                 batch_size=args.images, progress=progress)
+    im, codes, labels = q.im, q.codes, q.labels
 
-    depth = im.config["depth"]
-    layers = depth if args.layers is None else args.layers
-    if not 1 <= layers <= depth:
-        raise CompileError(f"--layers must be in 1..{depth} ({args.model} has {depth} blocks), got {layers}")
     rows, cols = args.array
-    cfg = driver.top_config(im, rows, cols, act_kib=args.act_kib, weight_kib=args.weight_kib)
-    with console.status("Compiling every op for the accelerator and running the integer reference"):
-        reference, n_ops = driver.plan(im, codes, cfg, layers)
+    if im.arch == "vit":
+        depth = im.config["depth"]
+        layers = depth if args.layers is None else args.layers
+        if layers > depth:
+            raise CompileError(f"--layers must be in 1..{depth} ({args.model} has {depth} blocks), got {layers}")
+        cfg = driver.top_config(im, rows, cols, act_kib=args.act_kib, weight_kib=args.weight_kib)
+        with console.status("Compiling every op for the accelerator and running the integer reference"):
+            reference, n_ops = driver.plan(im, codes, cfg, layers)
+    else:  # Swin: the integer reference only (refusal() turned away --backend sim and --layers)
+        depth = layers = sum(im.config["depths"])
+        cfg = None
+        with console.status("Running the integer reference"):
+            trace = {}
+            reference = driver.Run(integer_forward(im, codes, trace), trace)
 
     if args.backend == "ref":
-        got = driver.run_ref(im, codes, layers)
+        got = driver.run_ref(im, codes, args.layers)
     else:
         with console.status(f"Generating the {rows}x{cols} top and building it with Verilator (cached after the first run)"):
             compiled = driver.build_sim(cfg)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task(f"{len(labels)} images through the Verilated top (ops)", total=n_ops)
-            got = driver.run_sim(compiled, cfg, path, codes, layers, lambda n: bar.update(task, completed=n))
+            got = driver.run_sim(compiled, cfg, q.path, codes, layers, lambda n: bar.update(task, completed=n))
 
     tensors = driver.compare(reference.trace, got.trace)
     mismatches = sum(t["mismatches"] for t in tensors.values())
     full = layers == depth
-    top1 = {**ev.top1(), "backend": 100.0 * float((got.out.argmax(-1) == labels).float().mean()) if full else None}
+    predictions = got.out.argmax(-1) if full else None  # a partial run ends in the residual stream, not logits
+    top1 = {**q.evaluation.top1(),
+            "backend": 100.0 * float((predictions == labels).float().mean()) if full else None}
     images = len(labels)
     report = {
-        "model": args.model, "backend": args.backend, "images": images, "array": f"{rows}x{cols}",
-        "layers": layers, "depth": depth, "top": cfg.to_dict(), "top1": top1,
+        "model": args.model, "backend": args.backend, "images": images, "export": str(q.path),
+        "array": f"{rows}x{cols}" if cfg else None, "layers": layers, "depth": depth,
+        "top": cfg.to_dict() if cfg else None, "top1": top1,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
         "tensors_compared": len(tensors), "elements_compared": sum(t["elements"] for t in tensors.values()),
+        "predictions": predictions.tolist() if full else None,  # the backend's class per test image
         "clock_mhz": args.clock_mhz, "wall_s": None,
     }
     if got.cycles is not None:
@@ -146,6 +139,7 @@ def run(args, console: Console) -> dict:
         report.update({
             "cycles": {"total": got.cycles, "per_image": per_image,
                        "by_op": {k: s["cycles"] for k, s in sorted(got.stats.items())}},
+            "macs": macs,
             "mac_utilization": macs / (got.cycles * rows * cols),
             "matmul_utilization": {k: s["macs"] / max(s["cycles"] * rows * cols, 1)
                                    for k, s in sorted(got.stats.items()) if s["macs"]},
@@ -153,15 +147,18 @@ def run(args, console: Console) -> dict:
             "sim_cycles_per_s": got.cycles / got.sim_seconds if got.sim_seconds else None,
         })
     else:  # the reference has no clock
-        report.update({"cycles": None, "mac_utilization": None, "images_per_s": None})
+        report.update({"cycles": None, "macs": None, "mac_utilization": None, "images_per_s": None})
     report["wall_s"] = time.perf_counter() - t_start
     print_report(console, report, tensors, got)
     return report
 
 
-def print_report(console: Console, r: dict, tensors: dict, got) -> None:
+def print_report(console, r: dict, tensors: dict, got) -> None:
+    from rich.table import Table
+
     scope = "" if r["layers"] == r["depth"] else f", first {r['layers']} of {r['depth']} blocks"
-    table = Table(title=f"{r['model']} on the {r['array']} accelerator, backend {r['backend']}{scope}, {r['images']} images")
+    where = f"on the {r['array']} accelerator" if r["array"] else "(no accelerator configuration: Swin)"
+    table = Table(title=f"{r['model']} {where}, backend {r['backend']}{scope}, {r['images']} images")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for kind in ("float", "fakequant", "integer", "backend"):
@@ -197,23 +194,34 @@ def print_report(console: Console, r: dict, tensors: dict, got) -> None:
 
 
 def main(argv=None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
-    for name in ("images", "act_kib", "weight_kib", "layers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    console = Console()
-    torch.set_grad_enabled(False)
-    try:
-        report = run(args, console)
-    except (ModelError, DataError, ExportError, CompileError, ToolchainError, ValueError, RuntimeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 2
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["bit_exact"] else 1
+    args = parser().parse_args(argv)
+    cache.apply(args)
+
+    def work() -> int:
+        from rich.console import Console
+
+        console = Console()
+        reason = refusal(args)
+        if reason:
+            console.print(f"[red]error:[/red] {reason}")
+            return 2
+
+        from calib.data import DataError
+        from calib.export import ExportError
+        from calib.models import ModelError
+        from sim.toolchain import ToolchainError
+        from sw.compiler import CompileError
+
+        try:
+            report = run(args, console)
+        except (ModelError, DataError, ExportError, CompileError, ToolchainError, ValueError, RuntimeError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            return 2
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return 0 if report["bit_exact"] else 1
+
+    return guarded(work)
 
 
 if __name__ == "__main__":

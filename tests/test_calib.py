@@ -70,16 +70,17 @@ def test_integer_reference_is_integer_only_and_tracks_fakequant(build, cfg, tmp_
         logits = integer_forward(im, codes, trace)
     assert mode.ops > 100 and logits.dtype == torch.int32
     # Fake-quant and integer-only agree point by point up to rounding, which drifts by a code or so
-    # through the layers (each side runs on its own upstream values).
+    # through the layers (each side runs on its own upstream values). The official forward differs
+    # more (float GELU input, float adds, its own LayerNorm and exp) and still stays within it.
     sim.capture = {}
     family_of(model).forward(model, x, sim)
     compared = 0
     for name, fq in sim.capture.items():
-        if name in trace and not cfg.official:
+        if name in trace and not (cfg.official and name == "logits"):  # official: uint8 codes, ours int32
             diff = (trace[name].long().reshape(fq.shape) - fq).abs().float()
-            assert diff.mean() < 1.0, name
+            assert diff.mean() < 1.0, f"{name}: mean difference {float(diff.mean()):.3f} codes"
             compared += 1
-    assert cfg.official or compared > 20
+    assert compared > 20
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
@@ -122,6 +123,15 @@ def test_export_round_trip_and_bad_files(tmp_path):
         export_mod.VERSION = old
     with pytest.raises(export_mod.ExportError, match="version"):
         export_mod.load(tmp_path / "future.st")
+    assert export_mod.load(path).lis_rule == QuantConfig().lis_rule  # stored by name, read back
+    im.quant = {**im.quant, "lis_rule": "round"}
+    export_mod.save(im, tmp_path / "unknown_rule.st")
+    with pytest.raises(export_mod.ExportError, match="LIS rule 'round', which this code does not know"):
+        export_mod.load(tmp_path / "unknown_rule.st")
+    im.quant = {**im.quant, "lis_rule": "fqvit"}  # a known rule, but the layers hold nearest's thresholds
+    export_mod.save(im, tmp_path / "mixed_rule.st")
+    with pytest.raises(export_mod.ExportError, match="LIS thresholds 4/3, but the file's LIS rule 'fqvit' is 3/2"):
+        export_mod.load(tmp_path / "mixed_rule.st")
 
 
 def test_observers_and_ptf():
@@ -180,7 +190,7 @@ def test_model_errors(tmp_path):
     with pytest.raises(ModelError, match="missing keys.*head.weight.*unexpected keys.*extra.weight"):
         load_checkpoint(model, tmp_path / "bad.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="cannot be read"):
+    with pytest.raises(ModelError, match="is not a file written by torch.save"):
         load_checkpoint(model, tmp_path / "junk.pth")
 
 
@@ -217,7 +227,21 @@ def test_cli_errors_are_clear(argv, message, capsys):
 
 
 def test_evaluate_counts(tmp_path):
+    """Every count of `evaluate` against predictions made here, one model at a time."""
     model = tiny_vit()
     data, sim, im = quantized(model, QuantConfig(), tmp_path, images=6)
     ev = evaluate(model, sim, im, data, progress=False)
-    assert ev.images == 6 and 0 <= ev.agree_int_fq <= 6
+    preds, labels = {"integer": [], "float": [], "fakequant": []}, []
+    with torch.no_grad():
+        for x, y in data.test:  # the same batches: float results may depend on the batch size
+            labels.append(y)
+            preds["integer"].append(integer_forward(im, im.quantize_input(x)).argmax(-1))
+            for kind, mode in (("float", "float"), ("fakequant", "quant")):
+                sim.set_mode(mode)
+                preds[kind].append(family_of(model).forward(model, x, sim).argmax(-1))
+    y = torch.cat(labels)
+    preds = {kind: torch.cat(p) for kind, p in preds.items()}
+    assert ev.images == len(y) == 6
+    assert ev.correct == {kind: int((p == y).sum()) for kind, p in preds.items()}
+    assert ev.agree_int_fq == int((preds["integer"] == preds["fakequant"]).sum())
+    assert ev.agree_fq_float == int((preds["fakequant"] == preds["float"]).sum())

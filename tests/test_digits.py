@@ -125,11 +125,17 @@ def test_model_is_restricted_to_the_supported_operators():
     assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
-def test_default_cache_dir_is_under_the_build_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("FQVIT_BUILD_DIR", str(tmp_path))
-    assert digits.default_cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv("FQVIT_BUILD_DIR")
-    assert digits.default_cache_dir() == Path("build") / "cache"
+def test_the_default_cache_is_the_per_user_one_from_any_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("FQVIT_CACHE_DIR", str(tmp_path / "cache"))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    model = train_digits_vit(TINY, progress=False)
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [f"digits-vit-{config_hash(TINY)}.pt"]
+    monkeypatch.chdir(tmp_path / "b")  # another folder finds the same cache, so nothing retrains
+    monkeypatch.setattr(digits, "_train", lambda *args: pytest.fail("retrained in another folder"))
+    assert_same_weights(model.state_dict(), train_digits_vit(TINY, progress=False).state_dict())
+    assert not list((tmp_path / "a").iterdir()) and not list((tmp_path / "b").iterdir())
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
