@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 
 from fqvit import cache
-from fqvit.cli import arg_type, guarded, writable_file
+from fqvit.cli import add_report_arguments, guarded, report_paths
 
 from .catalog import DIGITS
 from .config import OBSERVER_NAMES, QuantConfig
@@ -101,19 +101,12 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m calib.results", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=arg_type(writable_file), default="docs/results.md",
-                   help="Markdown file to write (default docs/results.md)")
-    p.add_argument("--json", type=arg_type(writable_file), default=None,
-                   help="JSON copy of the numbers (default: --out with .json)")
+    add_report_arguments(p, "docs/results.md", from_json=False)
     p.add_argument("--quiet", action="store_true")
     cache.add_argument(p)
     args = p.parse_args(argv)
     cache.apply(args)
-    if args.json is None:
-        try:
-            args.json = writable_file(args.out.with_suffix(".json"))
-        except ValueError as err:
-            p.error(f"--json: {err}")
+    report_paths(p, args)
     return guarded(lambda: write(args))
 
 

@@ -8,6 +8,8 @@
 * ``arg_type(parse)``: an argparse type from a parser that raises ``ValueError`` (argparse would
   otherwise replace the message with "invalid value").
 * ``guarded(work)``: runs a CLI's work; Ctrl-C prints one line and exits 130.
+* ``add_report_arguments`` / ``report_paths``: a generated page's ``--out`` and its numbers' ``--json``
+  (beside the page by default, since the page is re-rendered from them).
 """
 
 import argparse
@@ -17,7 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["INTERRUPTED", "number", "writable_file", "writable_folder", "arg_type", "guarded"]
+__all__ = ["INTERRUPTED", "number", "writable_file", "writable_folder", "arg_type", "guarded", "add_report_arguments",
+           "report_paths"]
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
@@ -107,3 +110,25 @@ def guarded(work: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, default_out: str, from_json: bool = True) -> None:
+    """``--out`` (the Markdown page), ``--json`` (its numbers; default: the page with .json) and, with
+    `from_json`, ``--from-json`` (re-render the page from them); call `report_paths` after parsing."""
+    parser.add_argument("--out", type=arg_type(writable_file), default=default_out,
+                        help=f"Markdown page to write (default {default_out})")
+    parser.add_argument("--json", type=arg_type(writable_file), default=None,
+                        help="the page's numbers as JSON (default: --out with .json)")
+    if from_json:
+        parser.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
+
+
+def report_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in the default ``--json`` and refuse ``--from-json`` without its numbers (a usage error)."""
+    if args.json is None:
+        try:
+            args.json = writable_file(args.out.with_suffix(".json"))
+        except ValueError as err:
+            parser.error(f"--json: {err}")
+    if getattr(args, "from_json", False) and not args.json.is_file():
+        parser.error(f"--from-json: {args.json} does not exist (run {parser.prog} without --from-json first)")

@@ -17,7 +17,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from fqvit.cli import arg_type, guarded, number, writable_file
+from fqvit.cli import add_report_arguments, guarded, number, report_paths
 from rtl_gen import _units, config_class, generate_unit, target_platform, unit_names
 
 __all__ = ["DEVICE", "SPEED_GRADE", "DEFAULT_OUT", "DEFAULT_JSON", "synthesize", "place_and_route", "report"]
@@ -147,17 +147,12 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rtl_gen.synth", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=arg_type(writable_file), default=DEFAULT_OUT,
-                   help=f"Markdown file to write (default {DEFAULT_OUT})")
-    p.add_argument("--json", type=arg_type(writable_file), default=DEFAULT_JSON,
-                   help=f"JSON copy of the numbers (default {DEFAULT_JSON})")
+    add_report_arguments(p, DEFAULT_OUT)
     p.add_argument("--unit", action="append", choices=unit_names(), help="only these units (default: all)")
-    p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
     p.add_argument("--jobs", type=number(int, 1), default=os.cpu_count() or 1,
                    help="designs in parallel (default: the CPU count)")
     args = p.parse_args(argv)
-    if args.from_json and not args.json.is_file():
-        p.error(f"--from-json: {args.json} does not exist (run python -m rtl_gen.synth without --from-json first)")
+    report_paths(p, args)
     return guarded(lambda: run(args))
 
 

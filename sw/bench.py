@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from fqvit import cache
-from fqvit.cli import arg_type, guarded, number, writable_file
+from fqvit.cli import add_report_arguments, guarded, number, report_paths
 from fqvit.contract import DEFAULT_LIS_RULE
 
 ARRAY = (8, 8)
@@ -270,13 +270,9 @@ def measure(args, console) -> dict:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sw.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=arg_type(writable_file), default="docs/performance.md",
-                   help="Markdown page to write (default docs/performance.md; its plot goes beside it)")
-    p.add_argument("--json", type=arg_type(writable_file), default=None,
-                   help="the page's numbers as JSON (default: --out with .json)")
+    add_report_arguments(p, "docs/performance.md")  # the plot goes beside the page
     p.add_argument("--repeat", type=number(int, 1), default=3, help="runs of the machine-dependent figures (median)")
     p.add_argument("--quick", action="store_true", help="GEMMs of the digits model and DeiT-T only")
-    p.add_argument("--from-json", action="store_true", help="only rewrite --out from the numbers in --json")
     cache.add_argument(p)
     return p
 
@@ -285,13 +281,7 @@ def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
     cache.apply(args)
-    if args.json is None:
-        try:
-            args.json = writable_file(args.out.with_suffix(".json"))
-        except ValueError as err:
-            p.error(f"--json: {err}")
-    if args.from_json and not args.json.is_file():
-        p.error(f"--from-json: {args.json} does not exist (run python -m sw.bench without --from-json first)")
+    report_paths(p, args)
     if not args.from_json and importlib.util.find_spec("matplotlib") is None:  # the plot, at the very end
         p.error("the plot needs matplotlib: pip install -e '.[bench]'")
 
