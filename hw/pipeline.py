@@ -9,14 +9,36 @@ nothing under back-pressure; the stall-together form costs no FIFO but its enabl
 register, so it is kept for short, narrow stages.
 """
 
-from amaranth import Signal, Value
+import copy
+
+from amaranth import Module, Signal, Value
 
 from .fifo import LutRamFifo
 
 __all__ = ["StallPipeline", "CreditPipeline"]
 
 
-class StallPipeline:
+class _Pipeline:
+    """What both pipelines share, given their `m` (the module their registers go into) and `reg`."""
+
+    def delay(self, value, stages: int, name: str):
+        """`value` `stages` stages later; a Python int (a constant) stays as it is."""
+        for stage in range(0 if isinstance(value, int) else stages):
+            value = self.reg(value, f"{name}_{stage + 1}")
+        return value
+
+    def part(self, name: str):
+        """This pipeline, building its registers and logic (`m`) in a new submodule `slice_<name>`.
+
+        The synthesis flow keeps `slice_*` modules apart (rtl_gen/synth.py), so a part's copy of an
+        operand shared with other parts stays its own register: one lane's copy fans out to that
+        lane only, where yosys would otherwise merge the copies into one net reaching every lane."""
+        part = copy.copy(self)
+        part.m = self.m.submodules[f"slice_{name}"] = Module()
+        return part
+
+
+class StallPipeline(_Pipeline):
     """`depth` register stages from stream `inp` to stream `out`; beats leave `depth` cycles after
     they are accepted (unstalled). `valid(i)` is the valid bit of stage i (0 = the input)."""
 
@@ -32,6 +54,16 @@ class StallPipeline:
     def valid(self, stage: int) -> Value:
         return self._valid[stage]
 
+    def part(self, name: str, en=None):
+        """A part (see `_Pipeline.part`); with `en`, an expression of registers that equals this
+        pipeline's enable in every cycle, the part computes its own copy of the enable, so that
+        one net does not reach the registers of every part."""
+        part = super().part(name)
+        if en is not None:
+            part.en = Signal(name=f"{name}_en")
+            part.m.d.comb += part.en.eq(en)
+        return part
+
     def reg(self, value, name: str, shape=None) -> Signal:
         """`value` registered into the next stage (moves only with the pipeline)."""
         if shape is None:  # keep a View's layout (Value.cast would flatten it to plain bits)
@@ -42,17 +74,18 @@ class StallPipeline:
         return r
 
 
-class CreditPipeline:
+class CreditPipeline(_Pipeline):
     """`depth` register stages that never stall, from stream `inp` to stream `out` through a FIFO.
 
     A StallPipeline's enable reaches every register and memory read port of its unit: in a
     requantizer that is about a thousand flip-flops, and the routing of that one net, not logic,
     limits the clock. Here the registers have no enable. A beat is accepted only while the beats
-    already accepted and not yet read out of the FIFO (`claimed`, a register compared with a
-    constant) leave it a FIFO slot, so back-pressure on `out` lowers `inp.ready` and nothing is
-    dropped. The unit drives `result` (the out payload) from its last stage; `push` (default 1)
-    says which last-stage beats are results, the rest give their slot back. Beats leave `depth`
-    + FIFO_LATENCY cycles after they are accepted, one per cycle when `out` keeps up.
+    already accepted and not yet read out of the FIFO (`claimed`) leave it a FIFO slot, so
+    back-pressure on `out` lowers `inp.ready` and nothing is dropped; `inp.ready` is the register
+    `room`, one cycle behind `claimed` (one more slot makes up for it). The unit drives `result`
+    (the out payload) from its last stage; `push` (default 1) says which last-stage beats are
+    results, the rest give their slot back. Beats leave `depth` + FIFO_LATENCY cycles after they
+    are accepted, one per cycle when `out` keeps up.
     """
 
     FIFO_LATENCY = LutRamFifo.LATENCY
@@ -60,13 +93,18 @@ class CreditPipeline:
     def __init__(self, m, inp, out, depth: int, name: str = "pipe"):
         self.m, self.depth = m, depth
         # depth + FIFO_LATENCY beats are in flight when `out` takes one per cycle; one more slot
-        # covers the cycle `claimed` needs to see a read.
-        capacity = depth + self.FIFO_LATENCY + 1
+        # covers the cycle `claimed` needs to see a read, one more the cycle `room` needs to see it.
+        capacity = depth + self.FIFO_LATENCY + 2
         m.submodules[f"{name}_fifo"] = fifo = LutRamFifo(out.payload.shape(), capacity)
         self.result = fifo.w.payload
         self.push = Signal(init=1, name=f"{name}_push")
         claimed = Signal(range(capacity + 1), name=f"{name}_claimed")
-        m.d.comb += inp.ready.eq(claimed < capacity)
+        # `inp.ready` is a register, as it may reach far: it leaves a slot for the beat that may
+        # be accepted in the cycle it is computed.
+        self.room = Signal(init=1, name=f"{name}_room")
+        self.room_next = claimed < capacity - 1  # the value `room` takes at the next clock edge
+        m.d.sync += self.room.eq(self.room_next)
+        m.d.comb += inp.ready.eq(self.room)
         self._valid = [inp.valid & inp.ready] + [Signal(name=f"{name}_valid_{i + 1}") for i in range(depth)]
         m.d.sync += [self._valid[i + 1].eq(self._valid[i]) for i in range(depth)]
         self.out_valid = self._valid[-1]
@@ -83,9 +121,3 @@ class CreditPipeline:
         r = Signal(shape, name=name)
         self.m.d.sync += r.eq(value)
         return r
-
-    def delay(self, value, stages: int, name: str):
-        """`value` `stages` stages later; a Python int (a constant) stays as it is."""
-        for stage in range(0 if isinstance(value, int) else stages):
-            value = self.reg(value, f"{name}_{stage + 1}")
-        return value

@@ -1,50 +1,138 @@
 """Requantization in hardware: ``clamp(zero + round_shift(acc * mult, shift), lo, hi)``.
 
-``requant_stages`` is the one hardware statement of calib/intref/requant.py's rule (round half up
-by adding ``2**(shift-1)`` before an arithmetic shift); the Requantizer below, attention x V and
-the residual adder all use it. The Requantizer is the epilogue on the systolic array's result
-stream: per output channel an int32 bias, a 16-bit multiplier and a shift, held in one parameter
-memory bank per lane (channel n lives in bank n % lanes at index n // lanes, so a result row of
-column tile g reads index g in every bank at once).
+``round_stages`` is the one hardware statement of calib/intref/requant.py's rule (round half up
+by adding ``2**(shift-1)`` before an arithmetic shift, then offset and clamp); ``requant_stages``
+puts the product in front of it. The Requantizer below, attention x V and the LayerNorm use
+``requant_stages``, the residual adder ``round_stages``. The Requantizer is the epilogue on the
+systolic array's result stream: per output channel an int32 bias, a 16-bit multiplier and a shift,
+held in one parameter memory bank per lane (``param_banks``: channel n lives in bank n % lanes at
+index n // lanes, so a result row of column tile g reads index g in every bank at once).
 """
 
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from amaranth import Module, Mux, signed, unsigned
+from amaranth import Cat, Module, Mux, Value, signed, unsigned
 from amaranth.lib import data
-from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for, ceil_log2
 
 from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
 
 from .unit import StreamUnit
+from .bram import Bram
 from .config import check_int
 from .dsp import PRODUCT_LATENCY, wide_product
 from .pipeline import CreditPipeline
 
-__all__ = ["MULT_BITS", "SHIFT_BITS", "REQUANT_LATENCY", "requant_stages", "RequantConfig", "Requantizer"]
+__all__ = ["MULT_BITS", "SHIFT_BITS", "SHIFT_STEPS", "ROUND_LATENCY", "REQUANT_LATENCY", "READ_LATENCY",
+           "requant_stages", "round_stages", "param_banks", "RequantConfig", "Requantizer"]
 
-REQUANT_LATENCY = PRODUCT_LATENCY + 2  # requant_stages: the product, the shift, round/offset/clamp
+SHIFT_STEPS = -(-SHIFT_BITS // 2)  # the shift, two bits of its amount per stage
+ROUND_LATENCY = SHIFT_STEPS + 2  # round_stages: the shift, rounding and the clamp's compares, the clamp
+REQUANT_LATENCY = PRODUCT_LATENCY + ROUND_LATENCY  # requant_stages: the product, round_stages
+READ_LATENCY = 1 + Bram.LATENCY  # param_banks: the address copied beside each bank, then the read
 
 
 def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: str):
-    """REQUANT_LATENCY pipeline stages: the product (hw.dsp.wide_product), the shift, then round,
-    offset and clamp. Returns the result (signed, wide enough for [lo, hi]) that many stages after
-    `acc`. `acc` signed, `mult` unsigned (or a constant); `shift` >= 1, `zero`, `lo` and `hi` are
-    read one stage after `acc`. A variable shift of the 48-bit product followed by rounding,
-    offset and clamp was the critical path of every unit at ~20 ns on an ECP5, hence a stage of
-    its own; the product had been a multiplier cascade in one cycle (12 ns)."""
-
+    """REQUANT_LATENCY pipeline stages: the product (hw.dsp.wide_product), then round_stages.
+    Returns the result (signed, as wide as [lo, hi] needs) that many stages after `acc`. `acc`
+    signed, `mult` unsigned (or a constant); `shift` >= 1, `zero`, `lo` and `hi` are read one
+    stage after `acc`."""
     prod = wide_product(pipe.m, acc, mult, f"{name}_prod")
+    # read at stage 1, wanted the stage before the product's (PRODUCT_LATENCY)
+    shift, zero, lo, hi = (pipe.delay(v, PRODUCT_LATENCY - 2, f"{name}_{tag}")
+                           for v, tag in ((shift, "shift"), (zero, "zero"), (lo, "lo"), (hi, "hi")))
+    return round_stages(pipe, prod, shift, zero, lo, hi, name)
+
+
+def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
+    """ROUND_LATENCY pipeline stages: ``clamp(zero + round_shift(value, shift), lo, hi)``, the
+    shift in SHIFT_STEPS stages, then rounding, offset and the clamp's compares, then the clamp.
+    Returns the result (signed, as wide as [lo, hi] needs) that many stages after `value`.
+    `value` signed, a register (the first shift stage has no time for logic in front); `shift` >= 1,
+    `zero`, `lo` and `hi` are read one stage before `value`.
+
+    Built in a pipeline part of its own (`slice_<name>`): every operand the caller shares between
+    lanes (zero point, range, shift) is copied into each lane, so no net fans out across lanes.
+    Each stage is one short step at 160 MHz on an ECP5: a variable shift of a 48-bit product
+    followed by rounding, offset and clamp took ~20 ns in one cycle, ~12 ns as one stage for the
+    shift and one for the rest, and a shift by 0..7 (three levels of 2:1 multiplexers) still 7 ns."""
+    lane = pipe.part(name)
     # ((x >> (n-1)) + 1) >> 1 equals (x + 2**(n-1)) >> n for every n >= 1, without a
     # product-wide rounding constant and adder (a third of the unit's LUTs on ECP5).
-    shift = pipe.delay(shift, PRODUCT_LATENCY - 1, f"{name}_shift")
-    shifted = pipe.reg(prod >> (shift - 1).as_unsigned()[:SHIFT_BITS], f"{name}_shifted")
-    zero, lo, hi = (pipe.delay(v, PRODUCT_LATENCY, f"{name}_{tag}") for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
-    # ((s + 1) >> 1) + zero == (s + 2 * zero + 1) >> 1: one carry chain before the clamp, not two
-    rounded = (shifted + ((zero << 1) | 1)) >> 1
-    return pipe.reg(Mux(rounded < lo, lo, Mux(rounded > hi, hi, rounded)), f"{name}_out", signed(ACC_BITS + 1))
+    amount = lane.reg((shift - 1).as_unsigned()[:SHIFT_BITS], f"{name}_amount")
+    shifted = value
+    for low in reversed(range(2, SHIFT_BITS, 2)):  # a 4:1 multiplexer per bit: two LUT4s and their PFUMX
+        shifted = lane.reg(shifted >> (amount[low:low + 2] << low), f"{name}_shift{low}")
+        amount = lane.reg(amount[:low], f"{name}_amount{low}")
+    # The last shift stage is built twice, once in a part of its own: one copy feeds the rounding
+    # adder, the other the clamp's two compares (one register feeding all three carry chains was
+    # the critical path, 2.5-4 ns of routing into them).
+    compare = lane.part(f"{name}_compare")
+    to_round, shifted = lane.reg(shifted >> amount, f"{name}_shifted"), compare.reg(shifted >> amount, f"{name}_shifted")
+    zero, lo, hi = (lane.delay(v, SHIFT_STEPS, f"{name}_{tag}") for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
+    # With s = shifted, the result is r = (s + 2 * zero + 1) >> 1 (that is ((s + 1) >> 1) + zero),
+    # and r < lo iff s < below, r > hi iff s > above: the rounding adder and both compares start
+    # from s in parallel, against bounds registered the stage before.
+    rounding = (zero << 1) | 1
+    below, above = (lo << 1) - rounding, (hi - zero) << 1  # one carry chain each
+    rounding = lane.delay(rounding, 1, f"{name}_rounding")
+    lo, hi = lane.delay(lo, 2, f"{name}_clamp_lo"), lane.delay(hi, 2, f"{name}_clamp_hi")
+    # r only counts inside [lo, hi]: its low out_width bits suffice (a short carry chain).
+    out_width = max(_signed_width(lo), _signed_width(hi))
+    rounded = lane.reg((to_round[:out_width + 1] + rounding)[1:out_width + 1].as_signed(), f"{name}_rounded")
+    # The bounds fit `width` bits signed, so an s outside that range lies beyond both on its sign's
+    # side: the compares take s's low `width` bits, and its upper bits only say whether they are all
+    # sign bits (a LUT tree beside the carry chains; a compare over the whole product took 9 ns).
+    # The compares are unsigned >= of the values offset by 2**(width-1): the carry out of the chain
+    # is the answer, where a signed compare adds a LUT after it and a > an equality tree.
+    width = max(_signed_width(below), _signed_width(above))
+    if len(shifted) < width:  # narrower than the bounds: sign-extended, it always fits
+        shifted = Cat(shifted, shifted[-1].replicate(width - len(shifted))).as_signed()
+    upper = shifted[width - 1:]
+    fits = compare.reg(upper.all() | ~upper.any(), f"{name}_fits")
+    negative = compare.reg(shifted[-1], f"{name}_negative")
+    s = _offset(shifted, width)
+    below, above = (compare.delay(_offset(v, width), 1, f"{name}_{tag}")
+                    for v, tag in ((below, "below"), (above, "above")))
+    not_low, not_high = compare.reg(s >= below, f"{name}_not_low"), compare.reg(above >= s, f"{name}_not_high")
+    low, high = Mux(fits, ~not_low, negative), Mux(fits, ~not_high, ~negative)
+    return lane.reg(Mux(low, lo, Mux(high, hi, rounded)), f"{name}_out", signed(out_width))
+
+
+def _signed_width(value) -> int:
+    """Bits of the narrowest signed shape holding every value of `value` (an int or a Value)."""
+    shape = Value.cast(value).shape()
+    return shape.width + (not shape.signed)
+
+
+def _offset(value, width: int):
+    """`value` + 2**(width-1) as `width` bits unsigned, for a `value` that fits `width` bits signed:
+    the order of signed values as unsigned ones. For a Value, its sign bit flipped (no adder)."""
+    if isinstance(value, int):
+        return value + (1 << (width - 1))
+    return Value.cast(value)[:width] ^ (1 << (width - 1))
+
+
+def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, lanes: int, depth: int) -> list:
+    """Per lane a bank of `depth` words of per-channel parameters (`entry`, hw.bram), and its word at
+    index `group`, READ_LATENCY stages later. A `params` beat writes its `entry` fields at its
+    `group` in bank `lane`; it takes effect one cycle after its handshake, as a read's address
+    does, so a write accepted before a beat is seen by it.
+
+    Each bank is a pipeline part with its own registered copy of the write and the read address:
+    one input register driving every lane's blocks took 5.7 ns of routing."""
+    words = []
+    for lane in range(lanes):
+        part = pipe.part(f"params{lane}")
+        part.m.submodules.mem = mem = Bram(shape=entry, depth=depth)
+        wp, rp = mem.write_port(), mem.read_port()
+        write = part.reg(params.valid & (params.payload.lane == lane), f"write_{lane}")
+        w = part.reg(params.payload, f"w_{lane}")
+        part.m.d.comb += [wp.en.eq(write), wp.addr.eq(w.group), rp.addr.eq(part.reg(group, f"group_{lane}")),
+                          *(wp.data[k].eq(w[k]) for k in entry.members)]
+        words.append(rp.data)
+    return words
 
 
 @dataclass(frozen=True)
@@ -54,7 +142,7 @@ class RequantConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    STAGES: ClassVar[int] = 2 + REQUANT_LATENCY  # param read, bias add, requant_stages
+    STAGES: ClassVar[int] = READ_LATENCY + 1 + REQUANT_LATENCY  # param read, bias add, requant_stages
     LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
@@ -117,29 +205,22 @@ class Requantizer(StreamUnit):
         cfg = self._config
         entry = data.StructLayout({"bias": signed(ACC_BITS), "mult": unsigned(MULT_BITS), "shift": unsigned(SHIFT_BITS)})
         pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "rq")
-        p = self.params.payload
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
 
-        # stage 1: parameters arrive from memory; operands wait beside them. The zero point and
-        # output range are read one stage after the sum (stage 3).
-        acc = pipe.reg(inp.data, "s1_data")
-        zero, wide = pipe.delay(inp.zero, 3, "zero"), pipe.delay(inp.wide, 3, "wide")
+        # stages 1-3: parameters arrive from their banks; operands wait beside them. The zero point
+        # and output range are read one stage after the sum.
+        banks = param_banks(pipe, self.params, inp.group, entry, cfg.lanes, cfg.groups)
+        acc = pipe.delay(inp.data, READ_LATENCY, "data")
+        zero, wide = pipe.delay(inp.zero, READ_LATENCY + 2, "zero"), pipe.delay(inp.wide, READ_LATENCY + 2, "wide")
         lo = Mux(wide, INT32_MIN, 0)
         hi = Mux(wide, INT32_MAX, 255)
-        for lane in range(cfg.lanes):
-            mem = Memory(shape=entry, depth=cfg.groups, init=[])
-            m.submodules[f"params_{lane}"] = mem
-            wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(p.group), wp.data.bias.eq(p.bias), wp.data.mult.eq(p.mult), wp.data.shift.eq(p.shift),
-                         wp.en.eq(self.params.valid & (p.lane == lane))]
-            rp = mem.read_port()
-            m.d.comb += rp.addr.eq(inp.group)
-            # stage 2: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
-            total = pipe.reg(acc[lane] + rp.data.bias, f"sum_{lane}")
-            mult, shift = pipe.reg(rp.data.mult, f"mult_{lane}"), pipe.reg(rp.data.shift, f"shift_{lane}")
-            # stages 3-: requant_stages
-            out = requant_stages(pipe, total, mult, pipe.reg(shift, f"shift3_{lane}"), zero, lo, hi, f"lane{lane}")
+        for lane, param in enumerate(banks):
+            # stage 4: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
+            total = pipe.reg(acc[lane] + param.bias, f"sum_{lane}")
+            mult, shift = pipe.reg(param.mult, f"mult_{lane}"), pipe.delay(param.shift, 2, f"shift_{lane}")
+            # stages 5-: requant_stages
+            out = requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]

@@ -5,15 +5,14 @@
 (calib/intref/residual.py). Per channel two 16-bit multipliers, held like the Requantizer's
 parameters in one memory bank per lane (channel n in bank n % lanes at index n // lanes, so a beat
 of column group g reads index g in every bank at once). The zero points and the layer's shift
-travel in the beat. The sum is rounded, offset and clamped by ``hw.requant.requant_stages``.
+travel in the beat. The sum is rounded, offset and clamped by ``hw.requant.round_stages``.
 """
 
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from amaranth import Const, Module, signed, unsigned
+from amaranth import Module, signed, unsigned
 from amaranth.lib import data
-from amaranth.lib.memory import Memory
 from amaranth.utils import bits_for, ceil_log2
 
 from fqvit.contract import MULT_BITS, SHIFT_BITS
@@ -22,7 +21,7 @@ from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
 from .dsp import PRODUCT_LATENCY, wide_product
-from .requant import REQUANT_LATENCY, requant_stages
+from .requant import READ_LATENCY, ROUND_LATENCY, param_banks, round_stages
 
 __all__ = ["ResidualConfig", "ResidualAdder"]
 
@@ -37,7 +36,8 @@ class ResidualConfig:
     lanes: int = 8
     max_channels: int = 4096
 
-    STAGES: ClassVar[int] = 1 + PRODUCT_LATENCY + REQUANT_LATENCY  # param read, products, requant_stages
+    # param read, products, their sum, round_stages
+    STAGES: ClassVar[int] = READ_LATENCY + PRODUCT_LATENCY + 1 + ROUND_LATENCY
     LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
@@ -102,28 +102,22 @@ class ResidualAdder(StreamUnit):
         cfg = self._config
         entry = data.StructLayout({"ma": unsigned(MULT_BITS), "mb": unsigned(MULT_BITS)})
         pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "res")
-        p = self.params.payload
         m.d.comb += self.params.ready.eq(1)
         inp = self.inp.payload
 
-        # requant_stages reads the zero point and shift one stage after the sum of the products
-        zero, shift = (pipe.delay(getattr(inp, k), 2 + PRODUCT_LATENCY, k) for k in ("zero", "shift"))
-        for lane in range(cfg.lanes):
-            mem = Memory(shape=entry, depth=cfg.groups, init=[])
-            m.submodules[f"params_{lane}"] = mem
-            wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(p.group), wp.data.ma.eq(p.ma), wp.data.mb.eq(p.mb),
-                         wp.en.eq(self.params.valid & (p.lane == lane))]
-            rp = mem.read_port()
-            m.d.comb += rp.addr.eq(inp.group)
-            # stage 1: multipliers arrive from memory; the centred operands wait beside them
-            ca = pipe.reg(inp.a[lane] - inp.a_zero, f"ca_{lane}", signed(CENTERED_BITS))
-            cb = pipe.reg(inp.b[lane] - inp.b_zero, f"cb_{lane}", signed(CENTERED_BITS))
-            # two 16 x 9-bit products (25-bit signed), then requant_stages: its product stage carries
-            # the 26-bit sum (times 1), then the one rounding of the sum by the layer's shift, the
-            # output zero point and the uint8 clamp
-            pa, pb = wide_product(m, ca, rp.data.ma, f"pa_{lane}"), wide_product(m, cb, rp.data.mb, f"pb_{lane}")
-            out = requant_stages(pipe, pa + pb, Const(1, 1), shift, zero, 0, 255, f"lane{lane}")
+        # round_stages reads the zero point and shift one stage before the sum of the products
+        zero, shift = (pipe.delay(getattr(inp, k), READ_LATENCY + PRODUCT_LATENCY, k) for k in ("zero", "shift"))
+
+        def centred(code, zero_point, name):  # registered, then waiting beside the multipliers' read
+            return pipe.delay(pipe.reg(code - zero_point, name, signed(CENTERED_BITS)), READ_LATENCY - 1, name)
+
+        for lane, mults in enumerate(param_banks(pipe, self.params, inp.group, entry, cfg.lanes, cfg.groups)):
+            # stages 1-3: multipliers arrive from their bank; the centred operands wait beside them
+            ca, cb = centred(inp.a[lane], inp.a_zero, f"ca_{lane}"), centred(inp.b[lane], inp.b_zero, f"cb_{lane}")
+            # two 16 x 9-bit products (25-bit signed), their 26-bit sum, then round_stages: the one
+            # rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
+            pa, pb = wide_product(m, ca, mults.ma, f"pa_{lane}"), wide_product(m, cb, mults.mb, f"pb_{lane}")
+            out = round_stages(pipe, pipe.reg(pa + pb, f"sum_{lane}"), shift, zero, 0, 255, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]

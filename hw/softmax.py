@@ -13,8 +13,9 @@ one key per cycle in each of three passes:
 No pass can start a row before the previous pass has seen all of it (the max, then the sum), but
 the passes work on different rows at once, each from its own part of the buffers: while row r is
 coded, row r+1 is exponentiated and row r+2 loaded. A stream of rows of N keys therefore runs at
-one row per N + 1 cycles, not 3N. Every memory read is registered before any logic uses it (the
-ECP5 block RAM's clock-to-out is most of a 10 ns cycle). Timing and widths: ``SoftmaxConfig``.
+one row per N + 1 cycles, not 3N. The buffers and the table are ``hw.bram.Bram``s: a read takes
+two cycles and its data comes from a register (on ECP5 the block RAM's own, about 1 ns from the
+clock instead of 6), so logic may follow it directly. Timing and widths: ``SoftmaxConfig``.
 """
 
 from dataclasses import asdict, dataclass
@@ -22,13 +23,13 @@ from typing import ClassVar
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
 from fqvit.contract import (CODE_BITS, DEFAULT_LIS_RULE, LIS_RULES, LOGIT_BITS, MAX_KEYS, TABLE_BITS, ZERO_CODE,
                             check_lis_rule)
 
+from .bram import Bram
 from .unit import StreamUnit
 from .config import check_int
 from .pipeline import CreditPipeline
@@ -52,9 +53,9 @@ class SoftmaxConfig:
     rule: str = DEFAULT_LIS_RULE
 
     # Cycles, unstalled, for rows of N keys (see `latency` and `row_interval`).
-    LATENCY_OFFSET: ClassVar[int] = 10 + CreditPipeline.FIFO_LATENCY
+    LATENCY_OFFSET: ClassVar[int] = 12 + CreditPipeline.FIFO_LATENCY
     ROW_OVERHEAD: ClassVar[int] = 1
-    MIN_ROW_INTERVAL: ClassVar[int] = 5
+    MIN_ROW_INTERVAL: ClassVar[int] = 6
 
     def __post_init__(self):
         check_int("softmax", "max_keys", self.max_keys, 1, MAX_KEYS)
@@ -88,7 +89,7 @@ class SoftmaxConfig:
 
     def row_interval(self, keys: int) -> int:
         """Cycles per row in a stream of rows of `keys` keys: each pass spends one cycle between
-        rows; rows shorter than the exp pipeline (4 keys) wait for the previous row's sum."""
+        rows; rows shorter than the exp pipeline (5 keys) wait for the previous row's sum."""
         return max(keys + self.ROW_OVERHEAD, self.MIN_ROW_INTERVAL)
 
     def timing(self) -> dict:
@@ -123,17 +124,68 @@ def times(value, k: int):
     return sum(value << i for i in range(k.bit_length()) if k >> i & 1)
 
 
+class _Thresholds(wiring.Component):
+    """LisCode's thresholds t = first .. first + count - 1: ``passed[i]`` for t = first + i.
+
+    Each is an 18-bit compare of the shifted sum's low bits against ``NUM * e``, or'ed with "its
+    high bits are not all zero". Pipelined, this group registers its own ``NUM * e`` and the
+    ``den_sum`` bits its compares read, then the compares: no register feeds more than this
+    group's few compares, where one copy for all sixteen cost 3.7 ns of routing. (Its module name,
+    ``slice_<g>``, keeps it a module through synthesis, rtl_gen.synth's YOSYS_PREP, so yosys does not
+    merge the groups' copies back into one.)
+    """
+
+    def __init__(self, num: int, den_sum_bits: int, first: int, count: int, pipelined: bool):
+        self._num, self._first, self._pipelined = num, first, pipelined
+        super().__init__({"den_sum": In(unsigned(den_sum_bits)), "e": In(unsigned(TABLE_BITS)),
+                          "passed": Out(unsigned(count))})
+
+    def elaborate(self, platform):
+        m = Module()
+
+        def stage(value, name):
+            if not self._pipelined:
+                return value
+            reg = Signal.like(value, name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        scaled_e = Signal(unsigned(bits_for(self._num * (2**TABLE_BITS - 1))))
+        m.d.comb += scaled_e.eq(times(self.e, self._num))
+        low, first, count = len(scaled_e), self._first, len(self.passed)
+        window = Signal(low + count - 1)  # the den_sum bits the low-part compares read
+        high = Signal(count)  # threshold first + i: den_sum's bits from first + i + low up are not all 0
+        m.d.comb += [window.eq(self.den_sum[first:]),
+                     high.eq(Cat(*[self.den_sum[first + i + low:].any() for i in range(count)]))]
+        scaled_e, window, high = stage(scaled_e, "scaled_e"), stage(window, "window"), stage(high, "high")
+        passed = Cat(*[high[i] | (window[i:i + low] >= scaled_e) for i in range(count)])
+        if self._pipelined:
+            m.d.sync += self.passed.eq(passed)
+        else:
+            m.d.comb += self.passed.eq(passed)
+        return m
+
+
 class LisCode(wiring.Component):
-    """Combinational LIS code of one key: ``#{t in 0..15 : den_sum >= NUM * e * 2**t}``.
+    """LIS code of one key: ``#{t in 0..15 : den_sum >= NUM * e * 2**t}``.
 
     No divider and no 33-bit product: for integers, ``A >= B * 2**t`` exactly when
     ``floor(A / 2**t) >= B``, so the sixteen thresholds are sixteen compares of the shifted
-    ``den_sum`` (at most 28 bits) against ``NUM * e`` (18 bits). They form a thermometer (each
-    holds whenever a larger t does), whose length is the code; ``e = 0`` passes all 16 (zero state).
+    ``den_sum`` (at most 28 bits) against ``NUM * e`` (18 bits), in groups of GROUP (``_Thresholds``).
+    They form a thermometer (each holds whenever a larger t does), whose length is the code;
+    ``e = 0`` passes all 16 (zero state).
+
+    Combinational by default (the exhaustive testbench drives it so); ``pipelined`` registers
+    ``NUM * e`` with the sum's bits, then the compares, so the code leaves LATENCY cycles after
+    its inputs and no cycle holds more than one carry chain.
     """
 
-    def __init__(self, rule: str, den_sum_bits: int):
+    LATENCY = 2  # when pipelined
+    GROUP = 4  # thresholds per _Thresholds
+
+    def __init__(self, rule: str, den_sum_bits: int, pipelined: bool = False):
         self.num, _ = LIS_RULES[rule]  # DEN is already in den_sum
+        self._pipelined = pipelined
         super().__init__({
             "den_sum": In(unsigned(den_sum_bits)),
             "e": In(unsigned(TABLE_BITS)),
@@ -142,10 +194,14 @@ class LisCode(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        scaled_e = Signal(unsigned(bits_for(self.num * (2**TABLE_BITS - 1))))
-        m.d.comb += scaled_e.eq(times(self.e, self.num))
+        groups = []
+        for g, first in enumerate(range(0, ZERO_CODE, self.GROUP)):
+            m.submodules[f"slice_{g}"] = group = _Thresholds(self.num, len(self.den_sum), first,
+                                                             min(self.GROUP, ZERO_CODE - first), self._pipelined)
+            m.d.comb += [group.den_sum.eq(self.den_sum), group.e.eq(self.e)]
+            groups.append(group.passed)
         passed = Signal(ZERO_CODE)
-        m.d.comb += passed.eq(Cat(*[(self.den_sum >> t) >= scaled_e for t in range(ZERO_CODE)]))
+        m.d.comb += passed.eq(Cat(*groups))
         # exactly[k]: the first k thresholds pass and the next does not, i.e. code == k (one-hot)
         edges = Cat(Const(1), passed, Const(0))
         exactly = Signal(ZERO_CODE + 1)
@@ -188,10 +244,10 @@ class LisSoftmax(StreamUnit):
         # pass (one row's sum waiting in the result register, the next row issued up to its last
         # key, which waits for that register), so the exp buffer needs three slots; four keep the
         # address a concatenation.
-        m.submodules.table = table = Memory(shape=unsigned(TABLE_BITS), depth=2**LOGIT_BITS, init=[])
-        m.submodules.keys = keys = Memory(shape=data.StructLayout({"x": unsigned(LOGIT_BITS), "mask": unsigned(1)}),
-                                          depth=2 << ib, init=[])
-        m.submodules.exps = exps = Memory(shape=unsigned(TABLE_BITS), depth=4 << ib, init=[])
+        m.submodules.table = table = Bram(shape=unsigned(TABLE_BITS), depth=2**LOGIT_BITS)
+        m.submodules.keys = keys = Bram(shape=data.StructLayout({"x": unsigned(LOGIT_BITS), "mask": unsigned(1)}),
+                                        depth=2 << ib)
+        m.submodules.exps = exps = Bram(shape=unsigned(TABLE_BITS), depth=4 << ib)
 
         table_w = table.write_port()
         m.d.comb += [table_w.addr.eq(self.params.payload.addr), table_w.data.eq(self.params.payload.value),
@@ -220,23 +276,29 @@ class LisSoftmax(StreamUnit):
         # last key arrives; that key is only issued once the register is sure to be free by then.
         e_issuing = Signal()
         e_row = Signal(2)
-        e_count = Signal(range(cfg.max_keys + 1))
         e_max = Signal(LOGIT_BITS)
         e_index = Signal(range(max(cfg.max_keys, 2)))  # one bit at least: no zero-width Verilog
+        e_last = Signal.like(e_index)  # the row's last key index (a register: no subtraction on the issue path)
         acc = Signal(cfg.sum_bits)
-        r_full = Signal()  # result register: a row's sum, key count and number, for the code pass
+        r_full = Signal()  # result register: a row's sum, last key index and number, for the code pass
         r_sum = Signal(cfg.sum_bits)
-        r_count = Signal(range(cfg.max_keys + 1))
+        r_last = Signal.like(e_index)
         r_row = Signal(2)
         to_code = Signal()
 
         key_layout = data.StructLayout({"valid": 1, "last": 1, "index": len(e_index), "row": 2, "max": LOGIT_BITS})
         stages = [Signal(key_layout, name="key_0")]
-        for i in range(1, 5):
+        for i in range(1, 6):
             stages.append(delayed(stages[-1], f"key_{i}"))
-        issued, key2, key4 = stages[0], stages[2], stages[4]
-        last_in_flight = Cat(*[k.valid & k.last for k in stages[1:]]).any()
-        issue_last = e_index == e_count - 1
+        issued, key2, key5 = stages[0], stages[2], stages[5]
+        # a row's last key is in stages 1-5: a register, not an OR of the stages (key_5's valid
+        # already drives the whole sum); at most one is, as the next waits for it
+        last_in_flight = Signal()
+        with m.If(issued.valid & issued.last):
+            m.d.sync += last_in_flight.eq(1)
+        with m.Elif(key5.valid & key5.last):
+            m.d.sync += last_in_flight.eq(0)
+        issue_last = e_index == e_last
         m.d.comb += [issued.valid.eq(e_issuing & (~issue_last | (~last_in_flight & (~r_full | to_code)))),
                      issued.last.eq(issue_last), issued.index.eq(e_index), issued.row.eq(e_row), issued.max.eq(e_max)]
         with m.If(issued.valid):
@@ -245,51 +307,52 @@ class LisSoftmax(StreamUnit):
                 m.d.sync += e_issuing.eq(0)
         keys_r = keys.read_port()
         m.d.comb += keys_r.addr.eq(Cat(e_index[:ib], e_row[0]))
-        # stage 1: the key leaves its buffer; stage 2: registered, its distance to the max
-        # addresses the table (a masked key's distance is meaningless: its e is forced to 0)
-        x2 = delayed(keys_r.data, "x_2")
+        # stage 2: the key leaves its buffer's output register; its distance to the max addresses
+        # the table (a masked key's distance is meaningless: its e is forced to 0)
+        x2 = keys_r.data
         table_r = table.read_port()
         m.d.comb += table_r.addr.eq(key2.max - x2.x)
-        # stage 3: the exponential leaves the table; stage 4: registered, stored and summed
-        e4 = delayed(Mux(delayed(x2.mask, "mask_3"), 0, table_r.data), "e_4")
+        # stage 4: the exponential leaves the table's output register; stage 5: registered (0 if
+        # masked), stored and summed
+        e5 = delayed(Mux(delayed(delayed(x2.mask, "mask_3"), "mask_4"), 0, table_r.data), "e_5")
         exps_w = exps.write_port()
-        m.d.comb += [exps_w.addr.eq(Cat(key4.index[:ib], key4.row)), exps_w.data.eq(e4), exps_w.en.eq(key4.valid)]
+        m.d.comb += [exps_w.addr.eq(Cat(key5.index[:ib], key5.row)), exps_w.data.eq(e5), exps_w.en.eq(key5.valid)]
 
         # -- code pass: a credit pipeline from a read counter to `out` --------------------------------
         c_busy = Signal()
         c_row = Signal(2)
-        c_count = Signal(range(cfg.max_keys + 1))
         c_index = Signal(range(max(cfg.max_keys, 2)))  # one bit at least: no zero-width Verilog
+        c_last = Signal.like(c_index)
         c_den_sum = Signal(cfg.den_sum_bits)
         reads = stream.Signature(data.StructLayout({"last": 1})).create()
-        pipe = CreditPipeline(m, reads, self.out, 3, "code")
-        m.d.comb += [reads.valid.eq(c_busy), reads.payload.last.eq(c_index == c_count - 1)]
+        code_stages = Bram.LATENCY + LisCode.LATENCY
+        pipe = CreditPipeline(m, reads, self.out, code_stages, "code")
+        m.d.comb += [reads.valid.eq(c_busy), reads.payload.last.eq(c_index == c_last)]
         with m.If(reads.valid & reads.ready):
             m.d.sync += c_index.eq(c_index + 1)
             with m.If(reads.payload.last):
                 m.d.sync += c_busy.eq(0)
         exps_r = exps.read_port()
         m.d.comb += exps_r.addr.eq(Cat(c_index[:ib], c_row))
-        # stage 1: e leaves its buffer (the row's DEN * sum travels with it: the next row's may
-        # already be in c_den_sum); stage 2: registered, coded; stage 3: the code
-        m.submodules.lis_code = lis_code = LisCode(cfg.rule, cfg.den_sum_bits)
-        m.d.comb += [lis_code.den_sum.eq(pipe.reg(pipe.reg(c_den_sum, "den_sum_1"), "den_sum_2")),
-                     lis_code.e.eq(pipe.reg(exps_r.data, "e_2"))]
-        last2 = pipe.reg(pipe.reg(reads.payload.last, "last_1"), "last_2")
-        m.d.comb += [pipe.result.code.eq(pipe.reg(lis_code.code, "code_3")), pipe.result.last.eq(pipe.reg(last2, "last_3"))]
+        # stage 2: e leaves its buffer's output register (the row's DEN * sum travels with it: the
+        # next row's may already be in c_den_sum); stages 3-4: LisCode; its code enters the FIFO
+        m.submodules.lis_code = lis_code = LisCode(cfg.rule, cfg.den_sum_bits, pipelined=True)
+        m.d.comb += [lis_code.den_sum.eq(pipe.delay(c_den_sum, Bram.LATENCY, "den_sum")), lis_code.e.eq(exps_r.data),
+                     pipe.result.code.eq(lis_code.code),
+                     pipe.result.last.eq(pipe.delay(reads.payload.last, code_stages, "last"))]
 
         # -- hand-offs ------------------------------------------------------------------------------
         m.d.comb += to_code.eq(r_full & ~c_busy)
         with m.If(to_code):
-            m.d.sync += [c_busy.eq(1), c_index.eq(0), c_count.eq(r_count), c_row.eq(r_row),
+            m.d.sync += [c_busy.eq(1), c_index.eq(0), c_last.eq(r_last), c_row.eq(r_row),
                          c_den_sum.eq(times(r_sum, den)), r_full.eq(0)]
-        with m.If(key4.valid):  # after the hand-off: a row's last key may refill the register it frees
-            with m.If(key4.last):
-                m.d.sync += [acc.eq(0), r_full.eq(1), r_sum.eq(acc + e4), r_count.eq(key4.index + 1),
-                             r_row.eq(key4.row)]
+        with m.If(key5.valid):  # after the hand-off: a row's last key may refill the register it frees
+            with m.If(key5.last):
+                m.d.sync += [acc.eq(0), r_full.eq(1), r_sum.eq(acc + e5), r_last.eq(key5.index),
+                             r_row.eq(key5.row)]
             with m.Else():
-                m.d.sync += acc.eq(acc + e4)
+                m.d.sync += acc.eq(acc + e5)
         with m.If(l_full & ~e_issuing):
-            m.d.sync += [e_issuing.eq(1), e_index.eq(0), e_count.eq(l_count), e_max.eq(l_max), e_row.eq(l_row),
+            m.d.sync += [e_issuing.eq(1), e_index.eq(0), e_last.eq(l_count - 1), e_max.eq(l_max), e_row.eq(l_row),
                          l_full.eq(0), l_count.eq(0), l_max.eq(0), l_row.eq(l_row + 1)]
         return m

@@ -30,16 +30,17 @@ from dataclasses import asdict, dataclass
 
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, Component
 from amaranth.utils import bits_for
 
 from fqvit.contract import ACC_BITS, DEFAULT_LIS_RULE, MAX_CHANNELS, MAX_KEYS
 
 from .attnv import AttnV, AttnVConfig
+from .bram import Bram
 from .config import check_int
 from .gelu import Gelu, GeluConfig
 from .layernorm import LayerNormConfig, LayerNormUnit
+from .pipeline import CreditPipeline
 from .requant import Requantizer, RequantConfig
 from .residual import ResidualAdder, ResidualConfig
 from .softmax import LisSoftmax, SoftmaxConfig
@@ -207,8 +208,9 @@ class Accelerator(Component):
         param_ports = {UnitId.REQUANT: requant.params, UnitId.GELU: gelu.params,
                        **{uid: units[uid].params for uid in PARAM_UNITS if uid in units}}
 
-        m.submodules.abuf = abuf = Memory(shape=data.ArrayLayout(unsigned(8), R), depth=cfg.act_words, init=[])
-        m.submodules.wbuf = wbuf = Memory(shape=data.ArrayLayout(unsigned(8), C), depth=cfg.weight_words, init=[])
+        # Output-registered block RAMs (hw/bram.py): a plain DP16KD read takes ~6 ns to its data.
+        m.submodules.abuf = abuf = Bram(shape=data.ArrayLayout(unsigned(8), R), depth=cfg.act_words)
+        m.submodules.wbuf = wbuf = Bram(shape=data.ArrayLayout(unsigned(8), C), depth=cfg.weight_words)
 
         # Two engines. The load engine runs LOAD_ACT, so the next slab can arrive while a MATMUL
         # computes on the previous one; the main engine runs everything else. The din stream has
@@ -218,42 +220,47 @@ class Accelerator(Component):
         # command waits for both engines, so a MATMUL also finds its slab complete.
         cur = Signal(cfg.cmd_layout)
         busy = Signal()
-        in_left = Signal(COUNT_BITS)
-        out_left = Signal(COUNT_BITS)
+        # Word counters, each with a registered "not yet done" flag: the flags gate the din and
+        # dout handshakes, whose paths reach into every unit, so no 24-bit compare sits on them.
+        in_left, in_open = Signal(COUNT_BITS), Signal()
+        out_left, out_open = Signal(COUNT_BITS), Signal()
         wptr_load = Signal(cur.addr.shape())  # LOAD_WEIGHT: next write address
         issuing = Signal()  # MATMUL: operand beats still to issue
         loading = Signal()  # the load engine's LOAD_ACT
-        load_left = Signal(COUNT_BITS)
+        load_left, load_open = Signal(COUNT_BITS), Signal()
         aptr_load = Signal(cur.addr.shape())
         p = self.cmd.payload
         is_load_act = p.op == Op.LOAD_ACT
         load_may_start = ~loading & (~busy | (p.overlap & (cur.op == Op.MATMUL)))
-        m.d.comb += [self.cmd.ready.eq(Mux(is_load_act, load_may_start, ~busy & ~loading)),
-                     self.busy.eq(busy | loading)]
+        m.d.comb += self.cmd.ready.eq(Mux(is_load_act, load_may_start, ~busy & ~loading))
 
-        # MATMUL issue counters: tile t, step k, weight address (tiles are contiguous in wbuf).
-        t = Signal(cur.tiles.shape())
-        k = Signal(cur.k.shape())
+        # MATMUL issue counters: the activation and weight read addresses (tiles are contiguous in
+        # wbuf), the steps left in this tile and the tiles left after it.
+        aptr = Signal(cur.addr.shape())
         wptr = Signal(cur.waddr.shape())
-        rtile = Signal(cur.tiles.shape())  # result tiles already handed to the requantizer
+        k_left = Signal(cur.k.shape())
+        t_left = Signal(cur.tiles.shape())
+        rgroup = Signal.like(cur.group)  # the requantizer's channel group of the next result tile
 
         accept = self.cmd.valid & self.cmd.ready
         with m.If(accept & is_load_act):
-            m.d.sync += [loading.eq(p.count != 0), load_left.eq(p.count), aptr_load.eq(p.addr)]
-        with m.Elif(loading & (load_left == 0)):
+            m.d.sync += [loading.eq(p.count != 0), load_left.eq(p.count), load_open.eq(p.count != 0),
+                         aptr_load.eq(p.addr)]
+        with m.Elif(loading & ~load_open):
             m.d.sync += loading.eq(0)
         with m.If(accept & ~is_load_act):
             m.d.sync += [
-                cur.eq(p), busy.eq(1), in_left.eq(p.count), out_left.eq(p.out_count), wptr_load.eq(p.addr),
+                cur.eq(p), busy.eq(1), in_left.eq(p.count), in_open.eq(p.count != 0), out_left.eq(p.out_count),
+                out_open.eq(p.out_count != 0), wptr_load.eq(p.addr),
                 issuing.eq((p.op == Op.MATMUL) & (p.tiles != 0) & (p.k != 0)),
-                t.eq(0), k.eq(0), wptr.eq(p.waddr), rtile.eq(0),
+                aptr.eq(p.addr), wptr.eq(p.waddr), k_left.eq(p.k - 1), t_left.eq(p.tiles - 1), rgroup.eq(p.group),
             ]
-        with m.Elif(busy & (in_left == 0) & (out_left == 0) & ~issuing):
+        with m.Elif(busy & ~in_open & ~out_open & ~issuing):
             m.d.sync += busy.eq(0)
 
         # Data in: the load engine while it loads, else the main engine's command.
-        take = busy & (in_left != 0)  # never while the load engine takes words (dispatch rules)
-        load_take = loading & (load_left != 0)
+        take = busy & in_open  # never while the load engine takes words (dispatch rules)
+        load_take = loading & load_open
         din_ready = Signal()  # the main engine's
         m.d.comb += self.din.ready.eq(din_ready | load_take)
         din_fire = self.din.valid & din_ready
@@ -261,16 +268,23 @@ class Accelerator(Component):
         m.d.comb += [awp.addr.eq(aptr_load), awp.data.eq(self.din.payload[:R * 8]), awp.en.eq(self.din.valid & load_take),
                      wwp.addr.eq(wptr_load), wwp.data.eq(self.din.payload[:C * 8])]
         with m.If(self.din.valid & load_take):
-            m.d.sync += [load_left.eq(load_left - 1), aptr_load.eq(aptr_load + 1)]
+            m.d.sync += [load_left.eq(load_left - 1), load_open.eq(load_left != 1), aptr_load.eq(aptr_load + 1)]
         with m.If(din_fire):
-            m.d.sync += [in_left.eq(in_left - 1), wptr_load.eq(wptr_load + 1)]
+            m.d.sync += [in_left.eq(in_left - 1), in_open.eq(in_left != 1), wptr_load.eq(wptr_load + 1)]
 
+        # Data out: every result word goes through a FIFO whose input is a register (a credit
+        # pipeline without stages), so the unit multiplexer below ends at a flip-flop and dout is
+        # offered from the FIFO alone. A command counts its words as they enter the FIFO; the
+        # accelerator stays busy until the host has taken the last.
+        results = stream.Signature(unsigned(cfg.dout_width)).create()
+        out_pipe = CreditPipeline(m, results, self.dout, 0, "dout")
         dout_valid = Signal()
-        dout_payload = Signal(cfg.dout_width)
-        open_out = busy & (out_left != 0)
-        m.d.comb += [self.dout.valid.eq(dout_valid & open_out), self.dout.payload.eq(dout_payload)]
-        with m.If(self.dout.valid & self.dout.ready):
-            m.d.sync += out_left.eq(out_left - 1)
+        dout_payload = out_pipe.result
+        m.d.comb += [results.valid.eq(dout_valid & busy & out_open),
+                     self.busy.eq(busy | loading | self.dout.valid)]
+        with m.If(results.valid & results.ready):
+            m.d.sync += [out_left.eq(out_left - 1), out_open.eq(out_left != 1)]
+        out_ready = results.ready & busy & out_open
 
         for uid, port in param_ports.items():
             m.d.comb += port.payload.eq(self.din.payload[:port.payload.shape().size])
@@ -292,39 +306,34 @@ class Accelerator(Component):
                 with m.If(cur.unit == uid):
                     m.d.comb += [
                         din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
-                        dout_valid.eq(unit.out.valid), unit.out.ready.eq(self.dout.ready & open_out),
+                        dout_valid.eq(unit.out.valid), unit.out.ready.eq(out_ready),
                         dout_payload.eq(unit.out.payload.as_value()),
                     ]
         with m.Elif(cur.op == Op.MATMUL):
-            m.d.comb += [
-                dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(self.dout.ready & open_out),
-            ]
+            m.d.comb += [dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(out_ready)]
 
-        # MATMUL operand issue: one stall-together stage, the buffers' read ports hold their data
-        # while the array is not ready.
-        ops = array.operands
-        v1 = Signal()
-        last1 = Signal()
-        cols1 = Signal(ops.payload.cols.shape())
-        issue_en = ~v1 | ops.ready
+        # MATMUL operand issue: the buffers are read without an enable, Bram.LATENCY cycles ahead
+        # of a credit FIFO that feeds the array, so neither the array's `ready` nor a stall reaches
+        # the block RAMs' clock enables or the address counters.
+        beats = stream.Signature(unsigned(1)).create()  # one operand read per handshake
+        issue = CreditPipeline(m, beats, array.operands, Bram.LATENCY, "issue")
         arp, wrp = abuf.read_port(), wbuf.read_port()
-        m.d.comb += [arp.addr.eq(cur.addr + k), wrp.addr.eq(wptr), arp.en.eq(issue_en), wrp.en.eq(issue_en)]
-        last_k = k == cur.k - 1
-        last_t = t == cur.tiles - 1
-        with m.If(issue_en):
-            m.d.sync += [v1.eq(issuing), last1.eq(last_k), cols1.eq(Mux(last_t, cur.last_cols, C))]
-            with m.If(issuing):
-                m.d.sync += [wptr.eq(wptr + 1), k.eq(Mux(last_k, 0, k + 1))]
-                with m.If(last_k):
-                    m.d.sync += t.eq(t + 1)
-                    with m.If(last_t):
-                        m.d.sync += issuing.eq(0)
+        m.d.comb += [beats.valid.eq(issuing), arp.addr.eq(aptr), wrp.addr.eq(wptr)]
+        last_k, last_t = k_left == 0, t_left == 0
+        with m.If(beats.valid & beats.ready):
+            m.d.sync += [wptr.eq(wptr + 1), aptr.eq(Mux(last_k, cur.addr, aptr + 1)),
+                         k_left.eq(Mux(last_k, cur.k - 1, k_left - 1))]
+            with m.If(last_k):
+                m.d.sync += t_left.eq(t_left - 1)
+                with m.If(last_t):
+                    m.d.sync += issuing.eq(0)
+        ops = issue.result
         m.d.comb += [
-            ops.valid.eq(v1),
-            ops.payload.a.eq(arp.data), ops.payload.b.eq(wrp.data),
-            ops.payload.a_zero.eq(cur.a_zero), ops.payload.b_zero.eq(cur.b_zero),
-            ops.payload.a_signed.eq(0), ops.payload.b_signed.eq(cur.b_signed),
-            ops.payload.last.eq(last1), ops.payload.rows.eq(cur.rows), ops.payload.cols.eq(cols1),
+            ops.a.eq(arp.data), ops.b.eq(wrp.data),
+            ops.a_zero.eq(cur.a_zero), ops.b_zero.eq(cur.b_zero),
+            ops.a_signed.eq(0), ops.b_signed.eq(cur.b_signed), ops.rows.eq(cur.rows),
+            ops.last.eq(issue.delay(last_k, Bram.LATENCY, "issue_last")),
+            ops.cols.eq(issue.delay(Mux(last_t, cur.last_cols, C), Bram.LATENCY, "issue_cols")),
         ]
 
         # Epilogue: array -> requantizer (channel group of the result tile) -> GELU table -> dout.
@@ -332,11 +341,11 @@ class Accelerator(Component):
         m.d.comb += [
             rq.valid.eq(res.valid), res.ready.eq(rq.ready),
             rq.payload.data.eq(res.payload.data), rq.payload.keep.eq(res.payload.keep),
-            rq.payload.last.eq(res.payload.last), rq.payload.group.eq(cur.group + rtile),
+            rq.payload.last.eq(res.payload.last), rq.payload.group.eq(rgroup),
             rq.payload.zero.eq(cur.zero), rq.payload.wide.eq(cur.wide),
         ]
         with m.If(res.valid & res.ready & res.payload.last):
-            m.d.sync += rtile.eq(rtile + 1)
+            m.d.sync += rgroup.eq(rgroup + 1)
         # GELU carries the requantized int32 row through beside its codes.
         m.d.comb += [
             gelu.inp.valid.eq(requant.out.valid), requant.out.ready.eq(gelu.inp.ready),

@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--synth", choices=["ecp5"], help="also synthesize, place and route for an LFE5U-85F "
                         "(minutes; implies --target ecp5)")
     parser.add_argument("--json", type=arg_type(writable_file), help="with --synth: write the resource and fmax report here")
+    parser.add_argument("--seeds", type=number(int, 1, 10), default=1,
+                        help="with --synth: place and route with nextpnr seeds 1..N (fmax_mhz: seed 1; fmax_best_mhz)")
     cache.add_argument(parser)
     args = parser.parse_args(argv)
     cache.apply(args)
@@ -90,7 +92,7 @@ def run(parser: argparse.ArgumentParser, args, target: str) -> int:
 
         print(f"synthesizing, placing and routing {generated[0].name} for the LFE5U-85F ...", flush=True)
         try:
-            result = report(args.unit, build_config(args.unit, args.set, args.rows, args.cols))
+            result = report(args.unit, build_config(args.unit, args.set, args.rows, args.cols), seeds=args.seeds)
         except RuntimeError as err:
             parser.exit(1, f"{parser.prog}: error: {err}\n")
         print(json.dumps(result, indent=2))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from fqvit import cache
 
-__all__ = ["ToolchainError", "Build", "build", "run_tests", "skipped_tests", "lint", "primitive_models", "VERILATOR_FLAGS"]
+__all__ = ["ToolchainError", "Build", "build", "run_tests", "skipped_tests", "lint", "primitive_models",
+           "VERILATOR_FLAGS", "FAST_MAKE", "BASELINE_FAST_MAKE"]
 
 # Warnings never stop a build, only errors. Two classes stay out of the logs: operand widths
 # (rtl_gen's files waive them themselves, designs that tests convert directly do not; see
@@ -33,6 +34,18 @@ VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UN
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 # `fast` builds: --timing needs C++ coroutines, which the wheel's verilated.mk does not enable.
 FAST_FLAGS = ("--timing", "-CFLAGS", "-fcoroutines")
+# make variables of a `fast` build; the wheel's verilated.mk compiles everything at -Os.
+# OPT_FAST=-O2: the model's own code. OPT_GLOBAL=-O2: Verilator's runtime library, whose VPI
+# callbacks (cocotb's main loop) and --timing scheduler run at every time slot, two a clock cycle:
+# 14 % less CPU per cycle on the 8x8 top (DeiT-Tiny's first block, 10.6 s -> 9.1 s, medians of 3).
+# Measured on the same top and left out: OPT_FAST=-O3 (1 % fewer instructions, no faster),
+# Verilator's -O3 and --x-assign/--x-initial fast (identical code: the design has no X and every
+# register an initial value), --threads 2 (on 2 cores shared with other work the two threads wait
+# on each other: 5x-28x slower), and no --timing with the clock toggled from C++ (9 % fewer
+# instructions, but only with a main loop of our own instead of cocotb's).
+FAST_MAKE = ("OPT_FAST=-O2", "OPT_GLOBAL=-O2")
+# The make variables of a `fast` build before OPT_GLOBAL: sw/bench.py's baseline.
+BASELINE_FAST_MAKE = ("OPT_FAST=-O2",)
 
 
 def _fast_verilator():
@@ -67,7 +80,7 @@ class ToolchainError(RuntimeError):
 
 
 # Simulation models of the vendor primitives each rtl_gen target instantiates (rtl_gen.TARGETS).
-PRIMITIVE_MODELS = {"generic": (), "ecp5": ("MULT18X18D.v",)}
+PRIMITIVE_MODELS = {"generic": (), "ecp5": ("MULT18X18D.v", "DP16KD.v")}
 
 
 def _primitive_model_files(target: str) -> list[Path]:
@@ -151,12 +164,13 @@ class Build:
 
 
 def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False,
-          fast: bool = False) -> Build:
+          fast: bool = False, make: tuple[str, ...] | None = None) -> Build:
     """Compile `verilog` (text) with Verilator, or reuse the cached build of identical inputs.
 
     `fast`: for designs that run long and are only touched through ports they mark
-    ``/*verilator public_flat_rw*/`` (sim/host.py): no ``--public-flat-rw``, ``--timing`` (the
-    design may clock itself) and C++ at -O2 instead of Verilator's default -Os."""
+    ``/*verilator public_flat_rw*/`` or ``public_flat_rd`` (sim/host.py): no ``--public-flat-rw``,
+    ``--timing`` (the design may clock itself) and C++ at -O2 instead of Verilator's default -Os.
+    `make`: the make variables of the C++ build (default: FAST_MAKE for a fast build, none else)."""
     verilator_version = _setup_environment()
     import cocotb
     import cocotb_tools.config
@@ -164,9 +178,10 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
     from filelock import FileLock
 
     args = VERILATOR_FLAGS + tuple(extra_args) + (FAST_FLAGS if fast else ())
+    make = (FAST_MAKE if fast else ()) if make is None else tuple(make)
     key_inputs = {
         "verilog": hashlib.sha256(verilog.encode()).hexdigest(),
-        "toplevel": toplevel, "args": args, "waves": waves, "fast": fast,
+        "toplevel": toplevel, "args": args, "waves": waves, "fast": fast, "make": make,
         "cocotb": cocotb.__version__, "cocotb_libs": str(cocotb_tools.config.libs_dir),
         "verilator": verilator_version,
     }
@@ -185,7 +200,7 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         # and two at once on a small machine only thrash.
         with FileLock(str(builds / ".compile.lock")):
             try:
-                env = {"MAKEFLAGS": f"{os.environ['MAKEFLAGS']} OPT_FAST=-O2"} if fast else {}
+                env = {"MAKEFLAGS": " ".join((os.environ["MAKEFLAGS"], *make))}
                 with _environment(env):
                     runner.build(
                         sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,

@@ -10,8 +10,10 @@ Everything is measured on this machine in one run, on the Verilated top with an 
    extrapolation from a simulated first block (pre + depth x block + final LayerNorm + head) with
    its error against the whole simulation;
 3. simulation speed: cycles/s of whole runs, of the RTL alone (from `go` to `done`), the share
-   of wall time spent in Python, and the ratio against the bare array driven beat by beat from
-   Python (the cocotb testbench), measured in the same run;
+   of wall time spent in Python, the ratio against the bare array driven beat by beat from
+   Python (the cocotb testbench), and the current build of the top against the baseline one
+   (sim/host.py's harness and sim/toolchain.py's make variables before the speed work) on the
+   same work, all measured in the same run;
 4. calibration time of the digits model and of the DeiT-Tiny architecture.
 
 Machine-dependent figures are medians of ``--repeat`` runs. The numbers also go to ``--json``
@@ -77,8 +79,22 @@ def run_gemms(shapes, console) -> list[dict]:
     return out
 
 
-def model_run(model: str, images: int, layers: int | None) -> dict:
-    """Quantize (as sw/run_vit.py does), then run on the sim backend; cycles, per-op log and simulation times."""
+def baseline_build(cfg):
+    """The top built as before the simulation-speed work: sim/host.py's baseline harness and
+    sim/toolchain.py's baseline make variables; it runs the same programs in the same cycles."""
+    from hw.top import Accelerator
+    from rtl_gen import generate
+    from sim import toolchain
+    from sim.host import harness_name, harness_verilog
+
+    top = generate(Accelerator(cfg), "top", cfg.timing())
+    return toolchain.build(harness_verilog(cfg, top.verilog, baseline=True), harness_name(cfg), fast=True,
+                           make=toolchain.BASELINE_FAST_MAKE)
+
+
+def model_run(model: str, images: int, layers: int | None, build=None) -> dict:
+    """Quantize (as sw/run_vit.py does), then run on the sim backend (`build(cfg)`: the compiled top,
+    default the current one); cycles, per-op log and simulation times."""
     from calib.catalog import DIGITS
     from calib.config import QuantConfig
     from calib.pipeline import quantize
@@ -89,7 +105,7 @@ def model_run(model: str, images: int, layers: int | None) -> dict:
     depth = q.im.config["depth"] if layers is None else layers
     cfg = driver.top_config(q.im, *ARRAY)
     reference, _ = driver.plan(q.im, q.codes, cfg, depth)
-    compiled = driver.build_sim(cfg)
+    compiled = (build or driver.build_sim)(cfg)
     t0 = time.perf_counter()
     got = driver.run_sim(compiled, cfg, q.path, q.codes, depth)
     wall = time.perf_counter() - t0
@@ -128,13 +144,15 @@ def bare_array_speed() -> float:
 
 
 def fmax_of_top() -> tuple[float | None, str]:
-    """The top's fmax from `python -m rtl_gen.synth`'s JSON (its default place), with where it came from."""
+    """The fmax (seed 1) of the top with the bench's array from `python -m rtl_gen.synth`'s JSON (its
+    default place), with where it came from."""
     from rtl_gen.synth import DEFAULT_JSON
 
     path = Path(DEFAULT_JSON)
     if path.is_file():
         for row in json.loads(path.read_text()):
-            if row.get("unit") == "top" and row.get("fmax_mhz"):
+            if row.get("unit") == "top" and row.get("fmax_mhz") and \
+                    (row["config"]["rows"], row["config"]["cols"]) == tuple(ARRAY):
                 return row["fmax_mhz"], f"`{row['top']}` after place and route (`nox -s synth`)"
     return None, "no place-and-route result for the top yet (run `nox -s synth`); 100 MHz assumed"
 
@@ -194,10 +212,18 @@ def markdown(r: dict) -> str:
     for s in r["speed"]:
         lines.append(f"| {s['run']} | {s['cycles']:,} | {s['wall_s']:.1f} | {s['cycles_per_s']:,.0f} | "
                      f"{s['rtl_cycles_per_s']:,.0f} | {100 * s['python_share']:.0f} % | {s['wall_per_image_s']:.1f} |")
+    b = r["builds"]
     lines += ["", f"Baseline in the same run: the bare {ARRAY[0]}x{ARRAY[1]} array driven beat by beat from Python "
               f"(cocotb testbench) ran {r['bare_cycles_per_s']:,.0f} cycles/s; the top with its host harness runs "
               f"{r['speedup_vs_bare']:.1f}x that (RTL alone). Python share = wall time outside `go`..`done` "
               "(compiling programs, writing and reading the host memory files, the model's forward).", "",
+              f"The build against the one before the simulation-speed work, in the same run on the same work "
+              f"({b['work']}, medians of {r['repeat']}): {b['baseline_rtl_cycles_per_s']:,.0f} cycles/s with the "
+              f"RTL alone before, {b['current_rtl_cycles_per_s']:,.0f} now, {b['ratio']:.2f}x. Before, the harness "
+              "fed signals the testbench may write (`go`, the memories' read pointers) straight into the logic, "
+              "which Verilator then evaluates at every clock edge whether they changed or not, and drove the "
+              "top's reset, a term in every register; and Verilator's runtime library was compiled at -Os "
+              "(sim/host.py, sim/toolchain.py).", "",
               "## Calibration time", "", "| model | calibration images | seconds |", "|---|---|---|"]
     for c in r["calibration"]:
         lines.append(f"| {c['model']} | {c['images']} | {c['seconds']:.2f} |")
@@ -231,13 +257,16 @@ def measure(args, console) -> dict:
     measured = run_gemms(shapes + heads, console)
     r["gemms"], head_runs = measured[:len(shapes)], measured[len(shapes):]
 
-    console.print("digits model, whole and first block; DeiT-Tiny first block")
+    console.print("digits model, whole and first block; DeiT-Tiny first block, on the current and the baseline build")
     digits = [model_run(DIGITS, 8, None) for _ in range(args.repeat)]
     digits_block = model_run(DIGITS, 8, 1)
-    deit = model_run("deit_tiny_patch16_224", 1, 1)
+    pairs = [(model_run("deit_tiny_patch16_224", 1, 1), model_run("deit_tiny_patch16_224", 1, 1, baseline_build))
+             for _ in range(args.repeat)]  # interleaved: a machine busier at times slows both alike
+    deit_runs, deit_baseline = [p[0] for p in pairs], [p[1] for p in pairs]
+    deit = deit_runs[0]
     console.print("DeiT-Tiny, whole model (12 blocks) through the RTL")
     deit_full = model_run("deit_tiny_patch16_224", 1, None)
-    for run in (*digits, digits_block, deit, deit_full):
+    for run in (*digits, digits_block, *deit_runs, *deit_baseline, deit_full):
         if run["mismatches"]:
             raise NotBitExact(f"{run['model']} is not bit-exact on the top ({run['mismatches']} mismatches)")
     full = statistics.median(d["cycles"] for d in digits)
@@ -259,8 +288,12 @@ def measure(args, console) -> dict:
                 "cycles_per_s": med("cycles") / med("wall_s"), "rtl_cycles_per_s": med("cycles") / med("rtl_s"),
                 "python_share": 1 - med("rtl_s") / med("wall_s"), "wall_per_image_s": med("wall_s") / images}
     r["speed"] = [speed("digits-vit, whole model, 8 images", digits, 8),
-                  speed("DeiT-Tiny, first block, 1 image", [deit], 1),
+                  speed("DeiT-Tiny, first block, 1 image", deit_runs, 1),
                   speed("DeiT-Tiny, whole model, 1 image", [deit_full], 1)]
+    current = r["speed"][1]["rtl_cycles_per_s"]
+    baseline = statistics.median(x["cycles"] for x in deit_baseline) / statistics.median(x["rtl_s"] for x in deit_baseline)
+    r["builds"] = {"work": "DeiT-Tiny, first block, 1 image", "current_rtl_cycles_per_s": current,
+                   "baseline_rtl_cycles_per_s": baseline, "ratio": current / baseline}
     r["bare_cycles_per_s"] = statistics.median(bare_array_speed() for _ in range(args.repeat))
     r["speedup_vs_bare"] = r["speed"][0]["rtl_cycles_per_s"] / r["bare_cycles_per_s"]
     r["calibration"] = [{"model": "digits-vit", "images": 250, "seconds": statistics.median(d["calibrate_s"] for d in digits)},

@@ -26,6 +26,7 @@ START = {
     "sw.run_matmul": "runpy.run_module('sw.run_matmul', run_name='__main__', alter_sys=True)",
     "rtl_gen": "runpy.run_module('rtl_gen', run_name='__main__', alter_sys=True)",
     "rtl_gen.synth": "runpy.run_module('rtl_gen.synth', run_name='__main__', alter_sys=True)",
+    "rtl_gen.timing": "runpy.run_module('rtl_gen.timing', run_name='__main__', alter_sys=True)",
 }
 
 
@@ -69,6 +70,7 @@ def test_help_and_usage_errors_do_not_need_torch(cli):
     ("rtl_gen", ["--rows", "0"], "--rows: must be an integer in 1..32, got 0"),
     ("rtl_gen", ["--cols", "33"], "--cols: must be an integer in 1..32, got 33"),
     ("rtl_gen.synth", ["--jobs", "0"], "--jobs: must be an integer >= 1, got 0"),
+    ("rtl_gen.synth", ["--seeds", "0"], "--seeds: must be an integer in 1..10, got 0"),
 ])
 def test_numeric_options_are_validated_before_any_work(cli, argv, message):
     proc = without_torch(cli, *argv)

@@ -105,6 +105,38 @@ def test_pysim_ends_an_overlong_token_at_max_channels():
         assert fields["q"][start:stop].tolist() == want.tolist()
 
 
+@pytest.mark.parametrize("channels", [1, 5, 24])
+def test_pysim_published_timing(channels):
+    """Unstalled, as the Verilator bench checks it at every width: a lone token's first output
+    `latency` cycles after its last input, tokens streamed without gaps, and two tokens every
+    `pair_cycles(C)`; here in the Amaranth simulator, so that a latency change in the pipelines the
+    unit is built from shows without a Verilator build."""
+    cfg = LayerNormConfig(max_channels=24)
+    gen = torch.Generator().manual_seed(channels)
+    alpha = torch.randint(0, 4, (channels,), generator=gen)
+    G, B, fg = affine_params(torch.rand(channels, generator=gen).numpy(), torch.randn(channels, generator=gen).numpy(),
+                             0.05)
+    params = PayloadCodec(cfg.param_layout).encode(cfg.param_fields(20, 128, fg, alpha, G, B))
+    codec = PayloadCodec(cfg.in_layout)
+    for count in (1, 6):
+        tokens = [torch.randint(0, 256, (channels,), generator=gen).numpy() for _ in range(count)]
+        words = codec.encode({"q": np.concatenate(tokens), "last": np.tile(np.arange(channels) == channels - 1, count)})
+        dut = LayerNormUnit(cfg)
+        bench = StreamBench(dut, seed=channels)
+        source = bench.send([(dut.params, params), (dut.inp, words)])
+        sink = bench.receive(dut.out, len(words), drain=cfg.latency + cfg.stats_cycles)
+        bench.run()
+        accepted, received = source.accepted_at(dut.inp), sink.received_at
+        for t in range(count):
+            for cycles in (accepted[t * channels:(t + 1) * channels], received[t * channels:(t + 1) * channels]):
+                assert cycles == list(range(cycles[0], cycles[0] + channels)), f"token {t} has gaps"
+        if count == 1:
+            assert received[0] - accepted[-1] == cfg.latency
+        else:
+            first = received[::channels]
+            assert {b - a for a, b in zip(first, first[2:])} == {cfg.pair_cycles(channels)}
+
+
 def test_pysim_single_channel_unit():
     """max_channels = 1: every beat is a token of one channel (zero variance: the quantized beta)."""
     cfg = LayerNormConfig(max_channels=1)

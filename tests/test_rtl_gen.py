@@ -89,6 +89,20 @@ def test_synthesis_report_counts_cells():
     from rtl_gen.synth import synthesize
     row = synthesize("gelu")
     assert row["module"] == "gelu_8l" and row["BRAM (DP16KD)"] == 8 and row["LUT4"] > 0
+    assert row["LUT-RAM (DPR16X4)"] > 0  # the output FIFO's distributed RAM
+
+
+def test_synthesis_page_shows_fixed_seed_best_seed_and_device_use():
+    from rtl_gen.synth import markdown
+
+    row = {"unit": "top", "top": "fqvit_top_8x8_x", "yosys": "pyosys", "luts": 1, "ffs": 2, "carry": 3, "dsp": 4,
+           "bram": 5, "lutram": 6, "fits": True, "fmax_mhz": 151.2, "fmax_best_mhz": 158.0,
+           "fmax_by_seed": {"1": 151.2, "2": 158.0, "3": 149.9}, "critical_path": "a -> b",
+           "device_use": {"luts": [8364, 83640], "dsp": [78, 156]}}
+    page = markdown([row])
+    assert "| top | `fqvit_top_8x8_x` | 1 | 2 | 3 | 4 | 5 | 6 | 151.2 | 158.0 (151.2, 158.0, 149.9) |" in page
+    assert "best of the seeds run" in page
+    assert "| `fqvit_top_8x8_x` | 8364 / 83640 (10 %) | - | 78 / 156 (50 %) | - | - |" in page
 
 
 @pytest.mark.parametrize("args,message", [
@@ -113,3 +127,11 @@ def test_timing_shell_registers_every_port():
     header = text[text.index("module gelu_shell("):].split(";")[0]
     assert sorted(p.strip() for p in header[header.index("(") + 1:header.index(")")].split(",")) == \
         ["clk", "load", "rst", "si", "so"]
+
+
+def test_published_unit_timing_matches_the_hardware():
+    """docs/architecture.md's timing table is every unit's `timing()` (which the unstalled cocotb
+    tests check against the RTL), so a latency change that skips the page fails here."""
+    from rtl_gen.timing import DOC, documented, table
+
+    assert documented(DOC.read_text()) == table(), "run `python -m rtl_gen.timing --write`"

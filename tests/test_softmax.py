@@ -170,6 +170,6 @@ def test_config_names_widths_and_timing():
     assert (SoftmaxConfig().sum_bits, SoftmaxConfig(1024).sum_bits) == (24, 26)
     assert (SoftmaxConfig(1024, "fqvit").den_sum_bits, SoftmaxConfig(1024, "nearest").den_sum_bits) == (27, 28)
     cfg = SoftmaxConfig(197)
-    assert (cfg.latency(197), cfg.row_interval(197), cfg.row_interval(2)) == (209, 198, 5)
-    assert cfg.timing()["row_interval"] == "max(N + 1, 5)"
+    assert (cfg.latency(197), cfg.row_interval(197), cfg.row_interval(2)) == (211, 198, 6)
+    assert cfg.timing()["row_interval"] == "max(N + 1, 6)"
     assert cfg.to_dict() == {"max_keys": 197, "rule": "nearest"}

@@ -63,7 +63,7 @@ def test_config_refuses_bad_dimensions(value):
 
 def test_config_derived_timing():
     cfg = SystolicConfig(4, 6)
-    assert (cfg.latency, cfg.row_interval, cfg.min_tile_beats) == (12, 2, 7)  # C + edge + 2 multiplier registers + product register + FIFO input register + LUT-RAM write
+    assert (cfg.latency, cfg.row_interval, cfg.min_tile_beats) == (13, 2, 7)  # C + edge + 2 multiplier registers + 2 product registers + FIFO input register + LUT-RAM write
     assert cfg.name == "systolic_4x6"
 
 

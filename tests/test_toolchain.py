@@ -38,6 +38,24 @@ def test_cached_build_is_reused_without_running_verilator(monkeypatch, tmp_path)
     assert (first.directory / "build.json").is_file() and first.directory.parent == tmp_path / "sim"
 
 
+def test_make_variables_reach_the_compiler_and_key_the_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("FQVIT_CACHE_DIR", str(tmp_path))
+    makeflags = []
+
+    class FakeRunner:
+        def build(self, **kwargs):
+            makeflags.append(toolchain.os.environ["MAKEFLAGS"].split())
+
+    monkeypatch.setattr(toolchain, "_fast_verilator", FakeRunner)
+    verilog = "module fast(input clk); endmodule\n"
+    current = toolchain.build(verilog, "fast", fast=True)
+    baseline = toolchain.build(verilog, "fast", fast=True, make=toolchain.BASELINE_FAST_MAKE)
+    assert current != baseline  # one cached build each
+    assert set(toolchain.FAST_MAKE) <= set(makeflags[0]) and "OPT_GLOBAL=-O2" in makeflags[0]
+    assert set(toolchain.BASELINE_FAST_MAKE) <= set(makeflags[1]) and "OPT_GLOBAL=-O2" not in makeflags[1]
+    assert "OPT_GLOBAL=-O2" not in toolchain.os.environ["MAKEFLAGS"]  # only for the build's duration
+
+
 def test_a_finished_build_keeps_only_what_running_it_needs(monkeypatch, tmp_path):
     monkeypatch.setenv("FQVIT_CACHE_DIR", str(tmp_path))
 
