@@ -19,7 +19,7 @@ with ``go`` and ``din_ptr`` writable that was a fifth of the design (everything 
 words feed). And the top is never reset: it powers up in its reset state (Amaranth writes every
 register's reset value as its Verilog initial value), and with ``rst`` tied to 0 Verilator drops the
 reset term from every register; the harness's ``rst`` only holds the harness idle. Together: 1.5x
-fewer instructions per cycle (21.3k to 14.3k on DeiT-Tiny's first block, all bit-exact).
+fewer instructions per cycle (21.2k to 14.4k over DeiT-Tiny's first 590k cycles, bit-exact).
 ``harness_verilog(..., baseline=True)`` is the harness without these (sw/bench.py's baseline).
 """
 
