@@ -143,7 +143,7 @@ class AttnV(StreamUnit):
         arriving = keys.out_valid & keys.delay(inp.last, KEY_STAGES, "key_last")
         issue = stream.Signature(0).create(path=("issue",))
         rq = CreditPipeline(m, issue, self.out, REQUANT_STAGES, "rq")
-        hold = _HoldState(m, steps, arriving, rq.room, rq.room_next)
+        hold = _HoldState(m, steps, arriving, rq.room)
         m.d.comb += [to_hold.valid.eq(arriving), to_hold.ready.eq(hold.free), issue.valid.eq(hold.valid)]
 
         def part(name):
@@ -156,9 +156,9 @@ class AttnV(StreamUnit):
             # valid & last in a register of its own: `last` also steers every accumulator bit
             arriving = part.reg(valid & last, f"{name}_arriving")
             valid, last = part.reg(valid, f"{name}_valid_end"), part.reg(last, f"{name}_last_end")
-            room = Signal(init=1, name=f"{name}_room")
+            room = Signal(init=1, name=f"{name}_room")  # a copy of rq.room
             part.m.d.sync += room.eq(rq.room_next)
-            part_hold = _HoldState(part.m, steps, arriving, room, rq.room_next)
+            part_hold = _HoldState(part.m, steps, arriving, room)
             part.m.d.comb += en.eq(~arriving | part_hold.free)
             return part, part_hold, valid, last
 
@@ -223,27 +223,23 @@ class AttnV(StreamUnit):
 
 class _HoldState:
     """The hold register's control, built in module `m`: an issue is on offer (`valid`), it is
-    its row's last (`final`), the hold register may take a row now (`free`, that is ~valid or
-    its last issue is being taken). Inputs: `arriving` (a row's last key ends the key pipeline),
-    the requantizers' `room` (issue.ready) and `room_next` (its value after the clock edge).
+    its row's last (`final`), the hold register may take a row now (`free`: it is empty, or its
+    row's last issue is being taken). Inputs: `arriving` (a row's last key ends the key pipeline)
+    and the requantizers' `room` (issue.ready), registers.
 
     Every part of the key pipeline keeps an identical copy, fed by its own copies of the inputs,
-    so each control bit is a register in the lane it steers (one control net reaching every
-    lane's registers took 4.7 ns of routing); `free` is therefore computed one cycle ahead."""
+    so each control signal is a LUT of registers in the lane it steers (one control net reaching
+    every lane's registers took 4.7 ns of routing)."""
 
-    def __init__(self, m, steps: int, arriving, room, room_next):
+    def __init__(self, m, steps: int, arriving, room):
         self.valid = Signal()
         self.final = Signal(init=steps == 1)
-        self.free = Signal(init=1)
         self.arriving = arriving
+        self.free = ~self.valid | (room & self.final)
         self.load = arriving & self.free  # the arriving row moves into the hold register
         self.taken = self.valid & room
-        final_next = self.final
         if steps > 1:
             step = Signal(range(steps))
             with m.If(self.taken):
-                m.d.sync += step.eq(Mux(self.final, 0, step + 1))
-            final_next = Mux(self.taken, ~self.final & (step == steps - 2), self.final)
-        valid_next = self.load | (self.valid & ~(self.taken & self.final))
-        m.d.sync += [self.valid.eq(valid_next), self.final.eq(final_next),
-                     self.free.eq(~valid_next | (room_next & final_next))]
+                m.d.sync += [step.eq(Mux(self.final, 0, step + 1)), self.final.eq(~self.final & (step == steps - 2))]
+        m.d.sync += self.valid.eq(self.load | (self.valid & ~(self.taken & self.final)))

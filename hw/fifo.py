@@ -44,9 +44,12 @@ class _Slice(wiring.Component):
         def next_ptr(ptr):
             return Mux(ptr == depth - 1, 0, ptr + 1)
 
+        # r_valid is a register (the reader's handshake logic starts from it): level's next value != 0
+        level_next = level + write - read
+        r_valid = Signal()
         m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(data_r), wp.en.eq(write),
-                     rp.addr.eq(r_ptr), self.r_data.eq(rp.data), self.r_valid.eq(level != 0)]
-        m.d.sync += level.eq(level + write - read)
+                     rp.addr.eq(r_ptr), self.r_data.eq(rp.data), self.r_valid.eq(r_valid)]
+        m.d.sync += [level.eq(level_next), r_valid.eq(level_next != 0)]
         with m.If(write):
             m.d.sync += w_ptr.eq(next_ptr(w_ptr))
         with m.If(read):

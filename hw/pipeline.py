@@ -11,7 +11,7 @@ register, so it is kept for short, narrow stages.
 
 import copy
 
-from amaranth import Module, Signal, Value
+from amaranth import Module, Mux, Signal, Value
 
 from .fifo import LutRamFifo
 
@@ -81,11 +81,10 @@ class CreditPipeline(_Pipeline):
     requantizer that is about a thousand flip-flops, and the routing of that one net, not logic,
     limits the clock. Here the registers have no enable. A beat is accepted only while the beats
     already accepted and not yet read out of the FIFO (`claimed`) leave it a FIFO slot, so
-    back-pressure on `out` lowers `inp.ready` and nothing is dropped; `inp.ready` is the register
-    `room`, one cycle behind `claimed` (one more slot makes up for it). The unit drives `result`
-    (the out payload) from its last stage; `push` (default 1) says which last-stage beats are
-    results, the rest give their slot back. Beats leave `depth` + FIFO_LATENCY cycles after they
-    are accepted, one per cycle when `out` keeps up.
+    back-pressure on `out` lowers `inp.ready` (a register, `room`) and nothing is dropped. The unit
+    drives `result` (the out payload) from its last stage; `push` (default 1) says which last-stage
+    beats are results, the rest give their slot back. Beats leave `depth` + FIFO_LATENCY cycles
+    after they are accepted, one per cycle when `out` keeps up.
     """
 
     FIFO_LATENCY = LutRamFifo.LATENCY
@@ -93,24 +92,28 @@ class CreditPipeline(_Pipeline):
     def __init__(self, m, inp, out, depth: int, name: str = "pipe"):
         self.m, self.depth = m, depth
         # depth + FIFO_LATENCY beats are in flight when `out` takes one per cycle; one more slot
-        # covers the cycle `claimed` needs to see a read, one more the cycle `room` needs to see it.
-        capacity = depth + self.FIFO_LATENCY + 2
+        # covers the cycle `claimed` needs to see a read.
+        capacity = depth + self.FIFO_LATENCY + 1
         m.submodules[f"{name}_fifo"] = fifo = LutRamFifo(out.payload.shape(), capacity)
         self.result = fifo.w.payload
         self.push = Signal(init=1, name=f"{name}_push")
         claimed = Signal(range(capacity + 1), name=f"{name}_claimed")
-        # `inp.ready` is a register, as it may reach far: it leaves a slot for the beat that may
-        # be accepted in the cycle it is computed.
+        # `inp.ready` is the register `room` (it may reach far), claimed < capacity: its next value
+        # is chosen from compares of `claimed` itself by the change this cycle (+1 for an accepted
+        # beat, -1 for a read and for a dropped one), a LUT rather than an adder and a compare.
         self.room = Signal(init=1, name=f"{name}_room")
-        self.room_next = claimed < capacity - 1  # the value `room` takes at the next clock edge
-        m.d.sync += self.room.eq(self.room_next)
         m.d.comb += inp.ready.eq(self.room)
         self._valid = [inp.valid & inp.ready] + [Signal(name=f"{name}_valid_{i + 1}") for i in range(depth)]
         m.d.sync += [self._valid[i + 1].eq(self._valid[i]) for i in range(depth)]
         self.out_valid = self._valid[-1]
         read = out.valid & out.ready
         dropped = self.out_valid & ~self.push
-        m.d.sync += claimed.eq(claimed + self._valid[0] - read - dropped)
+        accepted = self._valid[0]
+        m.d.sync += claimed.eq(claimed + accepted - read - dropped)
+        # the value `room` takes at the next clock edge (claimed never exceeds capacity)
+        self.room_next = Mux(read | dropped, ~accepted | (read & dropped) | (claimed < capacity),
+                             Mux(accepted, claimed < capacity - 1, claimed < capacity))
+        m.d.sync += self.room.eq(self.room_next)
         m.d.comb += [fifo.w.valid.eq(self.out_valid & self.push),
                      out.valid.eq(fifo.r.valid), out.payload.eq(fifo.r.payload), fifo.r.ready.eq(out.ready)]
 

@@ -28,7 +28,7 @@ __all__ = ["MULT_BITS", "SHIFT_BITS", "SHIFT_STEPS", "ROUND_LATENCY", "REQUANT_L
            "requant_stages", "round_stages", "param_banks", "RequantConfig", "Requantizer"]
 
 SHIFT_STEPS = -(-SHIFT_BITS // 2)  # the shift, two bits of its amount per stage
-ROUND_LATENCY = SHIFT_STEPS + 2  # round_stages: the shift, rounding and the clamp's compares, the clamp
+ROUND_LATENCY = SHIFT_STEPS + 3  # round_stages: the shift, rounding and the compares, their outcome, the clamp
 REQUANT_LATENCY = PRODUCT_LATENCY + ROUND_LATENCY  # requant_stages: the product, round_stages
 READ_LATENCY = 1 + Bram.LATENCY  # param_banks: the address copied beside each bank, then the read
 
@@ -47,7 +47,8 @@ def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: s
 
 def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     """ROUND_LATENCY pipeline stages: ``clamp(zero + round_shift(value, shift), lo, hi)``, the
-    shift in SHIFT_STEPS stages, then rounding, offset and the clamp's compares, then the clamp.
+    shift in SHIFT_STEPS stages, then rounding, offset and the clamp's compares, their outcome, and
+    the clamp.
     Returns the result (signed, as wide as [lo, hi] needs) that many stages after `value`.
     `value` signed, a register (the first shift stage has no time for logic in front); `shift` >= 1,
     `zero`, `lo` and `hi` are read one stage before `value`.
@@ -69,7 +70,8 @@ def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     # adder, the other the clamp's two compares (one register feeding all three carry chains was
     # the critical path, 2.5-4 ns of routing into them).
     compare = lane.part(f"{name}_compare")
-    to_round, shifted = lane.reg(shifted >> amount, f"{name}_shifted"), compare.reg(shifted >> amount, f"{name}_shifted")
+    to_round = lane.reg(shifted >> amount, f"{name}_shifted")
+    shifted = compare.reg(shifted >> amount, f"{name}_shifted")
     zero, lo, hi = (lane.delay(v, SHIFT_STEPS, f"{name}_{tag}") for v, tag in ((zero, "zero"), (lo, "lo"), (hi, "hi")))
     # With s = shifted, the result is r = (s + 2 * zero + 1) >> 1 (that is ((s + 1) >> 1) + zero),
     # and r < lo iff s < below, r > hi iff s > above: the rounding adder and both compares start
@@ -77,10 +79,10 @@ def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     rounding = (zero << 1) | 1
     below, above = (lo << 1) - rounding, (hi - zero) << 1  # one carry chain each
     rounding = lane.delay(rounding, 1, f"{name}_rounding")
-    lo, hi = lane.delay(lo, 2, f"{name}_clamp_lo"), lane.delay(hi, 2, f"{name}_clamp_hi")
+    lo, hi = lane.delay(lo, 3, f"{name}_clamp_lo"), lane.delay(hi, 3, f"{name}_clamp_hi")
     # r only counts inside [lo, hi]: its low out_width bits suffice (a short carry chain).
     out_width = max(_signed_width(lo), _signed_width(hi))
-    rounded = lane.reg((to_round[:out_width + 1] + rounding)[1:out_width + 1].as_signed(), f"{name}_rounded")
+    rounded = lane.delay((to_round[:out_width + 1] + rounding)[1:out_width + 1].as_signed(), 2, f"{name}_rounded")
     # The bounds fit `width` bits signed, so an s outside that range lies beyond both on its sign's
     # side: the compares take s's low `width` bits, and its upper bits only say whether they are all
     # sign bits (a LUT tree beside the carry chains; a compare over the whole product took 9 ns).
@@ -96,7 +98,10 @@ def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     below, above = (compare.delay(_offset(v, width), 1, f"{name}_{tag}")
                     for v, tag in ((below, "below"), (above, "above")))
     not_low, not_high = compare.reg(s >= below, f"{name}_not_low"), compare.reg(above >= s, f"{name}_not_high")
-    low, high = Mux(fits, ~not_low, negative), Mux(fits, ~not_high, ~negative)
+    # The outcome gets a stage of its own: as a LUT in front of the clamp's multiplexers it reached
+    # them over 5 ns of routing; after the carry chains it would lengthen those.
+    low = lane.reg(Mux(fits, ~not_low, negative), f"{name}_low")
+    high = lane.reg(Mux(fits, ~not_high, ~negative), f"{name}_high")
     return lane.reg(Mux(low, lo, Mux(high, hi, rounded)), f"{name}_out", signed(out_width))
 
 
