@@ -31,6 +31,7 @@ from amaranth.lib import data, stream
 from fqvit.contract import CODE_BITS, EXP_BITS, MULT_BITS, SHIFT_BITS
 
 from .unit import StreamUnit
+from .config import check_bool
 from .pipeline import CreditPipeline, StallPipeline
 from .requant import REQUANT_LATENCY, requant_stages
 
@@ -54,6 +55,7 @@ class AttnVConfig:
     lanes: int = 8
     requant_lanes: int = 1
     max_keys: int = 256
+    lut_multipliers: bool = False  # the requantizers' products in LUTs instead of DSP blocks
 
     def __post_init__(self):
         def check(name, hi, bound):
@@ -64,10 +66,11 @@ class AttnVConfig:
         check("lanes", 64, "1..64")
         check("requant_lanes", self.lanes, f"1..lanes ({self.lanes})")
         check("max_keys", 4096, "1..4096")
+        check_bool("attnv", "lut_multipliers", self.lut_multipliers)
 
     @property
     def name(self) -> str:
-        return f"attnv_{self.lanes}l_{self.requant_lanes}r_{self.max_keys}k"
+        return f"attnv_{self.lanes}l_{self.requant_lanes}r_{self.max_keys}k" + ("_lut" if self.lut_multipliers else "")
 
     @property
     def acc_bits(self) -> int:
@@ -202,7 +205,7 @@ class AttnV(StreamUnit):
 
         # Requantizers: requant_stages is the whole rq pipeline.
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
-        codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}")[:8] for i in range(width)]
+        codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}", cfg.lut_multipliers)[:8] for i in range(width)]
         final3, keep3, last_row3 = (rq.delay(v, REQUANT_STAGES, f"rq_{n}") for v, n in
                                     ((hold.final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
 

@@ -1,21 +1,30 @@
-"""A pipelined signed multiplier that lowers to an FPGA DSP block with its own registers.
+"""Pipelined signed multipliers: in an FPGA DSP block with its own registers, or in LUTs.
 
-``p = a * b`` two cycles after the operands: an input register and an output register, exactly
-the two register banks of an ECP5 MULT18X18D. yosys' ``synth_ecp5`` maps a ``*`` to a
-combinational MULT18X18D and leaves the registers in the fabric, so the path runs register ->
-routing -> multiplier -> routing -> register (about 9.5 ns on speed grade 6, which capped the
-systolic array at 105 MHz). Elaborated for a platform whose ``dsp_family`` is ``"ecp5"``, the
-component instantiates MULT18X18D with REG_INPUTA/B and REG_OUTPUT clocked, and both routing
-legs get a whole cycle. Anywhere else (simulation, other vendors) it is the same two registers
-around a behavioural multiply, so the cycle behaviour is identical; ``sim/models/MULT18X18D.v``
-models the primitive for the test that simulates the lowered form.
+``RegisteredMultiplier``: ``p = a * b`` two cycles after the operands, an input register and an
+output register, exactly the two register banks of an ECP5 MULT18X18D. yosys' ``synth_ecp5`` maps
+a ``*`` to a combinational MULT18X18D and leaves the registers in the fabric, so the path runs
+register -> routing -> multiplier -> routing -> register (about 9.5 ns on speed grade 6, which
+capped the systolic array at 105 MHz). Elaborated for a platform whose ``dsp_family`` is
+``"ecp5"``, the component instantiates MULT18X18D with REG_INPUTA/B and REG_OUTPUT clocked, and
+both routing legs get a whole cycle. Anywhere else (simulation, other vendors) it is the same two
+registers around a behavioural multiply, so the cycle behaviour is identical;
+``sim/models/MULT18X18D.v`` models the primitive for the test that simulates the lowered form.
+
+``wide_product``: the units' products (requantizer, residual adder, LayerNorm, attention x V's
+requantizer), built either from RegisteredMultipliers or, where the device's DSP blocks are all
+taken by the systolic array (the 12x12 top: 144 of the LFE5U-85F's 156), as a pipelined adder tree
+of partial products in LUTs and carry chains. Both forms take PRODUCT_LATENCY cycles, so a unit's
+timing and its tests do not depend on the choice: the DSP form spends the extra cycles on a
+register between the DSP block and the fabric (a long route on a full device) and on the sum.
 """
 
-from amaranth import ClockSignal, Const, Instance, Module, Signal, Value, signed
+from amaranth import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Fragment
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
-__all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product"]
+__all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product", "dsp_blocks"]
 
 DSP_WIDTH = 18  # MULT18X18D operand width
 
@@ -60,36 +69,92 @@ class RegisteredMultiplier(wiring.Component):
 
 
 CHUNK_BITS = DSP_WIDTH - 1  # unsigned chunks of a wide operand, sign-extended by one bit to fit
-PRODUCT_LATENCY = RegisteredMultiplier.LATENCY + 1  # wide_product: the multipliers, then the sum
+# The LUT form: an input register, then one level of a binary adder tree a cycle over at most
+# DSP_WIDTH partial products (one carry chain between registers, the partial products' ANDs in
+# front of the first level).
+PRODUCT_LATENCY = 1 + ceil_log2(DSP_WIDTH)
 
 
-def wide_product(m: Module, a, b, name: str) -> Signal:
-    """``a * b`` registered PRODUCT_LATENCY cycles later, for a signed or unsigned `a` of any width
-    and a `b` of at most 18 bits signed (17 unsigned): `a` is cut into CHUNK_BITS-bit chunks (the top
-    one keeps the sign), each multiplies `b` in a RegisteredMultiplier, and one register sums
-    the shifted partial products. No multiplier shares a cycle with routing or an adder. A
-    constant `b` needs no multiplier: `a * b` then goes through plain registers."""
+def _signed_width(value: Value) -> int:
+    return len(value) if value.shape().signed else len(value) + 1
+
+
+def _delay(m: Module, value, cycles: int, name: str):
+    for stage in range(cycles):
+        reg = Signal(Value.cast(value).shape(), name=f"{name}_d{stage}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def wide_product(m: Module, a, b, name: str, lut: bool = False) -> Value:
+    """``a * b`` (signed) registered PRODUCT_LATENCY cycles later, for a signed or unsigned `a` of
+    any width and a `b` of at most 18 bits signed (17 unsigned). A constant `b` needs no
+    multiplier: `a * b` then goes through plain registers.
+
+    DSP form (``lut=False``): `a` is cut into CHUNK_BITS-bit chunks (the top one keeps the sign),
+    each multiplies `b` in a RegisteredMultiplier, a register takes each partial product off the
+    DSP block, and one register sums them. LUT form: the narrower operand's bits select shifted
+    copies of the other, summed pairwise, one adder level a cycle."""
     a = Value.cast(a)
-    if isinstance(b, int) or isinstance(b, Const):
-        value = a * b
-        for stage in range(PRODUCT_LATENCY):
-            reg = Signal.like(value, name=f"{name}_p{stage}")
-            m.d.sync += reg.eq(value)
-            value = reg
-        return value
+    if isinstance(b, (int, Const)):
+        return _delay(m, a * b, PRODUCT_LATENCY, f"{name}_p")
     b = Value.cast(b)
-    b_width = len(b) if b.shape().signed else len(b) + 1  # as a signed multiplier operand
-    if b_width > DSP_WIDTH:
+    if _signed_width(b) > DSP_WIDTH:
         raise ValueError(f"wide_product: b must fit {DSP_WIDTH} bits signed, got {b.shape()}")
+    return _lut_product(m, a, b, name) if lut else _dsp_product(m, a, b, name)
+
+
+def _dsp_product(m: Module, a: Value, b: Value, name: str) -> Signal:
     partials = []
     for i, lo in enumerate(range(0, len(a), CHUNK_BITS)):
         hi = min(lo + CHUNK_BITS, len(a))
         top = hi == len(a)
         chunk = a[lo:hi].as_signed() if top and a.shape().signed else a[lo:hi]
-        m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(len(chunk) + (0 if chunk.shape().signed else 1), b_width)
+        m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(_signed_width(chunk), _signed_width(b))
         m.d.comb += [mult.a.eq(chunk), mult.b.eq(b)]
-        partials.append(mult.p.as_signed() << lo if i else mult.p)
-    total = sum(partials[1:], partials[0])
-    product = Signal(signed(len(a) + len(b) + 1), name=f"{name}_product")
-    m.d.sync += product.eq(total)
-    return product
+        partial = _delay(m, mult.p, 1, f"{name}_off{i}")  # the route off the DSP block gets a cycle
+        partials.append(partial.as_signed() << lo if i else partial)
+    total = Signal(signed(len(a) + len(b) + 1), name=f"{name}_sum")
+    m.d.sync += total.eq(sum(partials[1:], partials[0]))
+    return _delay(m, total, PRODUCT_LATENCY - RegisteredMultiplier.LATENCY - 2, f"{name}_pad")
+
+
+def _lut_product(m: Module, a: Value, b: Value, name: str) -> Value:
+    # operands as signed registers; y, the narrower, selects shifted copies of x
+    x, y = (a, b) if _signed_width(a) >= _signed_width(b) else (b, a)
+    y_signed = y.shape().signed
+    x = _delay(m, x if x.shape().signed else Cat(x, Const(0, 1)).as_signed(), 1, f"{name}_x")
+    y = _delay(m, y, 1, f"{name}_y")
+    terms = []  # (value, shift): the product is the sum of value << shift
+    for i in range(len(y)):
+        partial = Mux(y[i], x, 0)  # y's top bit weighs -2**i when y is signed
+        terms.append((-partial if y_signed and i == len(y) - 1 else partial, i))
+    level = 0
+    while len(terms) > 1:
+        paired = []
+        for j in range(0, len(terms) - 1, 2):
+            (v1, s1), (v2, s2) = terms[j], terms[j + 1]
+            d = s2 - s1  # s1 < s2: the low d bits of v1 pass through the adder's level
+            total = (v1 >> d) + v2 if d else v1 + v2
+            value = Cat(v1[:d], total).as_signed() if d else total
+            reg = Signal(signed(len(value)), name=f"{name}_l{level}_{j // 2}")
+            m.d.sync += reg.eq(value)
+            paired.append((reg, s1))
+        if len(terms) % 2:
+            value, shift = terms[-1]
+            paired.append((_delay(m, value, 1, f"{name}_l{level}_pass"), shift))
+        terms, level = paired, level + 1
+    value, _ = terms[0]  # shift 0: y's bit 0
+    return _delay(m, value, PRODUCT_LATENCY - 1 - level, f"{name}_pad")
+
+
+def dsp_blocks(component) -> int:
+    """The MULT18X18D blocks `component` instantiates on the ecp5 target, counted in its elaborated
+    hierarchy (the hardware itself, not a formula that could drift from it)."""
+
+    def count(fragment) -> int:
+        own = isinstance(fragment, Instance) and fragment.type == "MULT18X18D"
+        return own + sum(count(sub) for sub, *_ in fragment.subfragments)
+
+    return count(Fragment.get(component, ECP5Target()))

@@ -37,7 +37,7 @@ from amaranth.utils import bits_for, ceil_log2
 from fqvit.contract import FN, LN_RECIP_BITS, MAX_CHANNELS, MAX_FG, PTF_MAX_ALPHA
 
 from .unit import StreamUnit
-from .config import check_int
+from .config import check_bool, check_int
 from .pipeline import CreditPipeline
 from .bram import Bram
 from .dsp import DSP_WIDTH, PRODUCT_LATENCY, wide_product
@@ -96,6 +96,7 @@ class LayerNormConfig:
     """
 
     max_channels: int = 1024
+    lut_multipliers: bool = False  # the products in LUTs instead of DSP blocks (same timing)
 
     # input handshake -> alpha (a block-RAM read; q - z beside it) -> X -> X**2 (a product) -> M1 and
     # M2's low half -> M2's high half, handed to the statistics
@@ -110,10 +111,11 @@ class LayerNormConfig:
 
     def __post_init__(self):
         check_int("layernorm", "max_channels", self.max_channels, 1, MAX_CHANNELS)
+        check_bool("layernorm", "lut_multipliers", self.lut_multipliers)
 
     @property
     def name(self) -> str:
-        return f"layernorm_{self.max_channels}c"
+        return f"layernorm_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
 
     @property
     def sqrt_bits(self) -> int:
@@ -199,6 +201,7 @@ class LayerNormUnit(StreamUnit):
         m = Module()
         cfg = self._config
         depth = cfg.max_channels
+        lut = cfg.lut_multipliers
         count_shape = unsigned(bits_for(depth))  # C in 1..max_channels
 
         def delayed(value, stages: int, name: str):
@@ -275,7 +278,7 @@ class LayerNormUnit(StreamUnit):
                      token_wp.en.eq(delayed(valid1, READ_LATENCY, "valid"))]
 
         a_stages = READ_LATENCY + PRODUCT_LATENCY  # from stage 1 to stage A
-        square = wide_product(m, x_in, x_in, "square")[:bits_for(X_MAX**2)]
+        square = wide_product(m, x_in, x_in, "square", lut)[:bits_for(X_MAX**2)]
         valid_a, first_a, last_a = (delayed(v, a_stages, name)
                                     for v, name in ((valid1, "valid"), (first1, "first"), (last1, "last")))
         x_a = delayed(x_in, PRODUCT_LATENCY, "x")
@@ -336,8 +339,8 @@ class LayerNormUnit(StreamUnit):
         slices = [(lo, stat_m1[lo:lo + slice_bits] if lo + slice_bits < m1_bits else stat_m1[lo:].as_signed())
                   for lo in range(0, m1_bits, slice_bits)]
         cm2, m1_square = Signal(2 * nb), Signal(2 * nb)
-        m.d.sync += [cm2.eq(wide_product(m, pend_m2, stat_count, "cm2")),
-                     m1_square.eq(sum(wide_product(m, stat_m1, part, f"m1_square_{lo}") << lo for lo, part in slices))]
+        m.d.sync += [cm2.eq(wide_product(m, pend_m2, stat_count, "cm2", lut)),
+                     m1_square.eq(sum(wide_product(m, stat_m1, part, f"m1_square_{lo}", lut) << lo for lo, part in slices))]
         v_low = Signal(nb + 1)  # V's low half and, on top, the borrow out of it
         cm2_high, m1_square_high = Signal(nb), Signal(nb)
         m.d.sync += [v_low.eq(cm2[:nb] - m1_square[:nb]), cm2_high.eq(cm2[nb:]), m1_square_high.eq(m1_square[nb:])]
@@ -452,11 +455,11 @@ class LayerNormUnit(StreamUnit):
         cx_stage = READ_LATENCY + PRODUCT_LATENCY
         x = read(token_mem, buffer_addr(out_bank, out_channel))
         count, tok_m1, not_r, tok_k = (slot_field(out_bank, name) for name in ("count", "m1", "not_r", "k"))
-        cx = wide_product(m, x, pipe.delay(count, READ_LATENCY, "count"), "cx")
+        cx = wide_product(m, x, pipe.delay(count, READ_LATENCY, "count"), "cx", lut)
         centred = pipe.reg(cx - pipe.delay(tok_m1, cx_stage, "m1"), "centred")
         n_full = requant_stages(pipe, centred, pipe.delay(~not_r, cx_stage + 1, "r"),
                                 pipe.delay(tok_k, cx_stage + 2, "k") + (LN_RECIP_BITS - FN),
-                                0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm")
+                                0, -(2 ** (N_BITS - 1)), 2 ** (N_BITS - 1) - 1, "norm", lut)
         n = n_full[:N_BITS].as_signed()
         # G and B are read so that they arrive with n, not travel from stage 0.
         n_stage = cx_stage + 1 + REQUANT_LATENCY
@@ -465,12 +468,12 @@ class LayerNormUnit(StreamUnit):
         # not fit a cycle): the low half and its carry are registered, the high half is added as
         # the sum enters requant_stages, whose first register it reaches. G*n + B is already the
         # quantity to round, so it enters requant_stages with mult 1.
-        gn = wide_product(m, gb.g, n, "gn")
+        gn = wide_product(m, gb.g, n, "gn", lut)
         b = pipe.delay(gb.b, PRODUCT_LATENCY, "b")
         total_low = pipe.reg(gn[:TOTAL_LOW_BITS] + b[:TOTAL_LOW_BITS], "total_low")
         total_high = (pipe.reg(gn[TOTAL_LOW_BITS:].as_signed(), "gn_high")
                       + pipe.reg(b[TOTAL_LOW_BITS:].as_signed(), "b_high") + total_low[TOTAL_LOW_BITS])
         total = Cat(total_low[:TOTAL_LOW_BITS], total_high).as_signed()
-        y = requant_stages(pipe, total, Const(1, 1), fg + FN, z_out, 0, 255, "affine")
+        y = requant_stages(pipe, total, Const(1, 1), fg + FN, z_out, 0, 255, "affine", lut)
         m.d.comb += [pipe.result.q.eq(y[:CODE_BITS]), pipe.result.last.eq(pipe.delay(issue_last, cfg.OUT_DEPTH, "last"))]
         return m

@@ -20,7 +20,7 @@ from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
 
 from .unit import StreamUnit
 from .bram import Bram
-from .config import check_int
+from .config import check_bool, check_int
 from .dsp import PRODUCT_LATENCY, wide_product
 from .pipeline import CreditPipeline
 
@@ -33,12 +33,12 @@ REQUANT_LATENCY = PRODUCT_LATENCY + ROUND_LATENCY  # requant_stages: the product
 READ_LATENCY = 1 + Bram.LATENCY  # param_banks: the address copied beside each bank, then the read
 
 
-def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: str):
+def requant_stages(pipe: CreditPipeline, acc, mult, shift, zero, lo, hi, name: str, lut: bool = False):
     """REQUANT_LATENCY pipeline stages: the product (hw.dsp.wide_product), then round_stages.
     Returns the result (signed, as wide as [lo, hi] needs) that many stages after `acc`. `acc`
     signed, `mult` unsigned (or a constant); `shift` >= 1, `zero`, `lo` and `hi` are read one
-    stage after `acc`."""
-    prod = wide_product(pipe.m, acc, mult, f"{name}_prod")
+    stage after `acc`. `lut`: the product in LUTs, not DSP blocks (hw.dsp.wide_product)."""
+    prod = wide_product(pipe.m, acc, mult, f"{name}_prod", lut)
     # read at stage 1, wanted the stage before the product's (PRODUCT_LATENCY)
     shift, zero, lo, hi = (pipe.delay(v, PRODUCT_LATENCY - 2, f"{name}_{tag}")
                            for v, tag in ((shift, "shift"), (zero, "zero"), (lo, "lo"), (hi, "hi")))
@@ -142,10 +142,12 @@ def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, l
 
 @dataclass(frozen=True)
 class RequantConfig:
-    """lanes: the array's columns; max_channels: output channels of the widest layer."""
+    """lanes: the array's columns; max_channels: output channels of the widest layer;
+    lut_multipliers: the products in LUTs instead of DSP blocks (same timing)."""
 
     lanes: int = 8
     max_channels: int = 4096
+    lut_multipliers: bool = False
 
     STAGES: ClassVar[int] = READ_LATENCY + 1 + REQUANT_LATENCY  # param read, bias add, requant_stages
     LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
@@ -153,6 +155,7 @@ class RequantConfig:
     def __post_init__(self):
         check_int("requant", "lanes", self.lanes, 1, 32)
         check_int("requant", "max_channels", self.max_channels, 1, 16384)
+        check_bool("requant", "lut_multipliers", self.lut_multipliers)
 
     def timing(self) -> dict:
         return {"latency": self.LATENCY, "beats_per_cycle": 1}
@@ -163,7 +166,7 @@ class RequantConfig:
 
     @property
     def name(self) -> str:
-        return f"requant_{self.lanes}l_{self.max_channels}c"
+        return f"requant_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
 
     @property
     def in_layout(self) -> data.StructLayout:
@@ -225,7 +228,7 @@ class Requantizer(StreamUnit):
             total = pipe.reg(acc[lane] + param.bias, f"sum_{lane}")
             mult, shift = pipe.reg(param.mult, f"mult_{lane}"), pipe.delay(param.shift, 2, f"shift_{lane}")
             # stages 5-: requant_stages
-            out = requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}")
+            out = requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}", cfg.lut_multipliers)
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]

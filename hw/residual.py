@@ -18,7 +18,7 @@ from amaranth.utils import bits_for, ceil_log2
 from fqvit.contract import MULT_BITS, SHIFT_BITS
 
 from .unit import StreamUnit
-from .config import check_int
+from .config import check_bool, check_int
 from .pipeline import CreditPipeline
 from .dsp import PRODUCT_LATENCY, wide_product
 from .requant import READ_LATENCY, ROUND_LATENCY, param_banks, round_stages
@@ -31,10 +31,12 @@ CENTERED_BITS = CODE_BITS + 1  # code - zero point, both uint8: exact in 9-bit s
 
 @dataclass(frozen=True)
 class ResidualConfig:
-    """lanes: channels per beat; max_channels: channels of the widest residual stream."""
+    """lanes: channels per beat; max_channels: channels of the widest residual stream;
+    lut_multipliers: the products in LUTs instead of DSP blocks (same timing)."""
 
     lanes: int = 8
     max_channels: int = 4096
+    lut_multipliers: bool = False
 
     # param read, products, their sum, round_stages
     STAGES: ClassVar[int] = READ_LATENCY + PRODUCT_LATENCY + 1 + ROUND_LATENCY
@@ -43,6 +45,7 @@ class ResidualConfig:
     def __post_init__(self):
         check_int("residual", "lanes", self.lanes, 1, 32)
         check_int("residual", "max_channels", self.max_channels, 1, 16384)
+        check_bool("residual", "lut_multipliers", self.lut_multipliers)
 
     @property
     def groups(self) -> int:
@@ -50,7 +53,7 @@ class ResidualConfig:
 
     @property
     def name(self) -> str:
-        return f"residual_{self.lanes}l_{self.max_channels}c"
+        return f"residual_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
 
     def timing(self) -> dict:
         return {"latency": self.LATENCY, "beats_per_cycle": 1}
@@ -116,7 +119,8 @@ class ResidualAdder(StreamUnit):
             ca, cb = centred(inp.a[lane], inp.a_zero, f"ca_{lane}"), centred(inp.b[lane], inp.b_zero, f"cb_{lane}")
             # two 16 x 9-bit products (25-bit signed), their 26-bit sum, then round_stages: the one
             # rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
-            pa, pb = wide_product(m, ca, mults.ma, f"pa_{lane}"), wide_product(m, cb, mults.mb, f"pb_{lane}")
+            pa, pb = (wide_product(m, c, mult, f"{tag}_{lane}", cfg.lut_multipliers)
+                      for c, mult, tag in ((ca, mults.ma, "pa"), (cb, mults.mb, "pb")))
             out = round_stages(pipe, pipe.reg(pa + pb, f"sum_{lane}"), shift, zero, 0, 255, f"lane{lane}")
             m.d.comb += pipe.result.data[lane].eq(out)
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),

@@ -24,6 +24,7 @@ what that costs, is in docs/architecture.md ("Accelerator top").
 """
 
 from amaranth.lib import enum
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ from fqvit.contract import ACC_BITS, DEFAULT_LIS_RULE, MAX_CHANNELS, MAX_KEYS
 from .attnv import AttnV, AttnVConfig
 from .bram import Bram
 from .config import check_int
+from .dsp import dsp_blocks
 from .gelu import Gelu, GeluConfig
 from .layernorm import LayerNormConfig, LayerNormUnit
 from .pipeline import CreditPipeline
@@ -75,7 +77,14 @@ PARAM_UNITS = (UnitId.REQUANT, UnitId.GELU, UnitId.LAYERNORM, UnitId.SOFTMAX, Un
 class TopConfig:
     """rows x cols: the systolic array; act_kib / weight_kib: the on-chip buffers; max_channels:
     the widest layer (requantizer, residual and LayerNorm memories); max_keys: the longest
-    attention row; softmax_rule: the LIS rounding rule the model was quantized with."""
+    attention row; softmax_rule: the LIS rounding rule the model was quantized with; dsp_budget:
+    the DSP blocks (MULT18X18D) of the target device, 156 on the LFE5U-85F.
+
+    The array takes one DSP block per PE. When it and the units' multipliers would take more than
+    `dsp_budget`, the units' products move to LUTs (hw.dsp.wide_product, same timing): first those
+    of the per-lane units (requantizer, residual adder, attention x V), then LayerNorm's. The 12x12
+    top keeps LayerNorm's 11 blocks beside the array's 144. An array that alone exceeds the budget
+    is still generated (for simulation); the synthesis report says it does not fit."""
 
     rows: int = 8
     cols: int = 8
@@ -84,6 +93,7 @@ class TopConfig:
     max_channels: int = 1024
     max_keys: int = 256
     softmax_rule: str = DEFAULT_LIS_RULE
+    dsp_budget: int = 156
 
     def __post_init__(self):
         check_int("top", "rows", self.rows, 1, SystolicConfig.MAX_DIM)
@@ -92,18 +102,42 @@ class TopConfig:
         check_int("top", "weight_kib", self.weight_kib, 1, 4096)
         check_int("top", "max_channels", self.max_channels, 1, MAX_CHANNELS)
         check_int("top", "max_keys", self.max_keys, 1, MAX_KEYS)
+        check_int("top", "dsp_budget", self.dsp_budget, 0, 4096)
         self.units()  # the unit configs validate the rest (e.g. the softmax rule)
 
     def units(self) -> dict:
+        return self._units(self.lut_units)
+
+    def _units(self, lut_units: tuple[str, ...]) -> dict:
+        lut = {name: name in lut_units for name in _MULTIPLYING_UNITS}
         return {
             "systolic": SystolicConfig(self.rows, self.cols),
-            "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels),
+            "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels, lut_multipliers=lut["requant"]),
             "gelu": GeluConfig(lanes=self.cols, side_bits=ACC_BITS * self.cols),  # side: the requantized row
-            "layernorm": LayerNormConfig(max_channels=self.max_channels),
+            "layernorm": LayerNormConfig(max_channels=self.max_channels, lut_multipliers=lut["layernorm"]),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
-            "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys),
-            "residual": ResidualConfig(lanes=self.cols, max_channels=self.max_channels),
+            "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys,
+                                 lut_multipliers=lut["attnv"]),
+            "residual": ResidualConfig(lanes=self.cols, max_channels=self.max_channels,
+                                       lut_multipliers=lut["residual"]),
         }
+
+    @property
+    def lut_units(self) -> tuple[str, ...]:
+        """The units whose products are in LUTs (see the class docstring)."""
+        for lut_units in _LUT_ORDER:
+            if self._dsp_blocks(lut_units) <= self.dsp_budget:
+                return lut_units
+        return _LUT_ORDER[-1]
+
+    @property
+    def dsp_blocks(self) -> int:
+        """The DSP blocks (MULT18X18D) the top takes on the ecp5 target."""
+        return self._dsp_blocks(self.lut_units)
+
+    def _dsp_blocks(self, lut_units) -> int:
+        units = self._units(lut_units)
+        return self.rows * self.cols + sum(_unit_dsp_blocks(name, units[name]) for name in _MULTIPLYING_UNITS)
 
     @property
     def act_words(self) -> int:
@@ -170,6 +204,16 @@ class TopConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The units with multipliers, in the order their products move to LUTs when DSP blocks run out.
+_MULTIPLYING_UNITS = {"requant": Requantizer, "residual": ResidualAdder, "attnv": AttnV, "layernorm": LayerNormUnit}
+_LUT_ORDER = ((), ("requant", "residual", "attnv"), ("requant", "residual", "attnv", "layernorm"))
+
+
+@functools.cache
+def _unit_dsp_blocks(name: str, config) -> int:
+    return dsp_blocks(_MULTIPLYING_UNITS[name](config))
 
 
 class Accelerator(Component):

@@ -45,9 +45,10 @@ def small_heads(cfg: AttnVConfig, seed: int) -> list[Head]:
     return heads + shift_ladder_heads(gen, cfg.lanes)
 
 
-@pytest.mark.parametrize("lanes,requant_lanes", [(1, 1), (3, 3), (3, 2), (8, 1)])
-def test_pysim_matches_reference(lanes, requant_lanes):
-    cfg = AttnVConfig(lanes=lanes, requant_lanes=requant_lanes, max_keys=32)
+@pytest.mark.parametrize("lanes,requant_lanes,lut", [(1, 1, False), (3, 3, False), (3, 2, False), (8, 1, False),
+                                                     (3, 2, True)])
+def test_pysim_matches_reference(lanes, requant_lanes, lut):
+    cfg = AttnVConfig(lanes=lanes, requant_lanes=requant_lanes, max_keys=32, lut_multipliers=lut)
     heads = small_heads(cfg, seed=lanes)
     for stall in (0.0, 0.4):
         parts, _, _ = run_pysim(cfg, heads, stall, seed=lanes)
@@ -89,7 +90,8 @@ def test_config_accumulator_and_timing():
     assert AttnVConfig(max_keys=1).acc_bits == 25
     cfg = AttnVConfig(lanes=3, requant_lanes=2, max_keys=197)
     assert cfg.name == "attnv_3l_2r_197k"
-    assert cfg.timing() == {"latency": 16, "keys_per_cycle": 1, "min_row_cycles": 2}
-    assert AttnVConfig().timing() == {"latency": 22, "keys_per_cycle": 1, "min_row_cycles": 8}
-    assert AttnVConfig(lanes=8, requant_lanes=8).timing()["latency"] == 15
-    assert cfg.to_dict() == {"lanes": 3, "requant_lanes": 2, "max_keys": 197}
+    assert cfg.timing() == {"latency": 19, "keys_per_cycle": 1, "min_row_cycles": 2}
+    assert AttnVConfig().timing() == {"latency": 25, "keys_per_cycle": 1, "min_row_cycles": 8}
+    assert AttnVConfig(lanes=8, requant_lanes=8).timing()["latency"] == 18
+    assert cfg.to_dict() == {"lanes": 3, "requant_lanes": 2, "max_keys": 197, "lut_multipliers": False}
+    assert AttnVConfig(lut_multipliers=True).name == "attnv_8l_1r_256k_lut"

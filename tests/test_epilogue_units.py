@@ -55,8 +55,10 @@ def test_config_names_timing_and_layouts():
     gelu_cfg, res_cfg = GeluConfig(3), ResidualConfig(3, 100)
     assert (gelu_cfg.name, gelu_cfg.timing()) == ("gelu_3l", {"latency": 4, "beats_per_cycle": 1})
     assert GeluConfig(2, side_bits=64).name == "gelu_2l_64s" and GeluConfig(2, side_bits=64).in_layout.size == 2 * 8 + 2 + 1 + 64
-    assert (res_cfg.name, res_cfg.timing()) == ("residual_3l_100c", {"latency": 15, "beats_per_cycle": 1})
-    assert res_cfg.groups == 34 and res_cfg.to_dict() == {"lanes": 3, "max_channels": 100}
+    assert (res_cfg.name, res_cfg.timing()) == ("residual_3l_100c", {"latency": 18, "beats_per_cycle": 1})
+    assert res_cfg.groups == 34 and res_cfg.to_dict() == {"lanes": 3, "max_channels": 100, "lut_multipliers": False}
+    assert ResidualConfig(3, 100, lut_multipliers=True).name == "residual_3l_100c_lut"
+    assert RequantConfig(3, 100, lut_multipliers=True).name == "requant_3l_100c_lut"
     assert gelu_cfg.stream_layout.size == 3 * 8 + 3 + 1
     # a, b, keep, last, group (6 bits), three zero points, shift
     assert res_cfg.in_layout.size == 2 * 3 * 8 + 3 + 1 + 6 + 3 * 8 + 6
@@ -84,9 +86,9 @@ def test_gelu_pysim_every_code(lanes):
     assert np.array_equal(out["last"], np.tile(fields["last"], 2))
 
 
-@pytest.mark.parametrize("lanes", [3, 8])
-def test_residual_pysim_ptf_and_extremes(lanes):
-    cfg = ResidualConfig(lanes, 64)
+@pytest.mark.parametrize("lanes,lut", [(3, False), (8, False), (3, True)])
+def test_residual_pysim_ptf_and_extremes(lanes, lut):
+    cfg = ResidualConfig(lanes, 64, lut_multipliers=lut)
     dut = ResidualAdder(cfg)
     gen = torch.Generator().manual_seed(lanes)
     channels, tokens = 2 * lanes + 1, 5
@@ -117,9 +119,9 @@ def test_residual_pysim_ptf_and_extremes(lanes):
         first += n
 
 
-@pytest.mark.parametrize("lanes", [3, 8])
-def test_requant_pysim_both_modes(lanes):
-    cfg = RequantConfig(lanes, 64)
+@pytest.mark.parametrize("lanes,lut", [(3, False), (8, False), (3, True)])
+def test_requant_pysim_both_modes(lanes, lut):
+    cfg = RequantConfig(lanes, 64, lut_multipliers=lut)
     dut = Requantizer(cfg)
     gen = torch.Generator().manual_seed(lanes)
     channels = lanes + 2
@@ -145,3 +147,4 @@ def test_requant_pysim_both_modes(lanes):
     for i, (wide, lo, hi, zero) in enumerate(cases):
         got = torch.from_numpy(from_lanes(out["data"][i * n:(i + 1) * n], channels))
         assert torch.equal(got, requantize(acc + bias, mult, shift, zero, lo, hi)), "wide" if wide else "uint8"
+

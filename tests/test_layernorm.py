@@ -23,7 +23,8 @@ def test_config_timing_and_name():
     assert LayerNormConfig(4096).sqrt_bits == 22
     timing = cfg.timing()
     assert timing["latency"] == cfg.latency and timing["beats_per_cycle"] == 1
-    assert cfg.to_dict() == {"max_channels": 1024}
+    assert cfg.to_dict() == {"max_channels": 1024, "lut_multipliers": False}
+    assert LayerNormConfig(lut_multipliers=True).name == "layernorm_1024c_lut"
 
 
 def test_saturated_beta_gives_the_same_output():
@@ -63,9 +64,10 @@ def run_pysim(cfg, params, tokens, stall, seed):
     return ocodec.decode(sink.words)
 
 
-def test_pysim_matches_reference():
+@pytest.mark.parametrize("lut", [False, True])
+def test_pysim_matches_reference(lut):
     """Tokens of 1..max_channels back to back, without and with stalls on both streams."""
-    cfg = LayerNormConfig(max_channels=12)
+    cfg = LayerNormConfig(max_channels=12, lut_multipliers=lut)
     gen = torch.Generator().manual_seed(1)
     C = cfg.max_channels
     alpha = torch.randint(0, 4, (C,), generator=gen)
