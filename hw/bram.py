@@ -141,7 +141,10 @@ class Bram(wiring.Component):
                 with m.If(port.en):
                     m.d.sync += held.eq(bank)
                 bank = held
-            m.d.comb += Value.cast(port.data).eq(Array(banks)[bank] if tiling.banks > 1 else banks[0])
+            # every value of the select picks a bank (a bank count that is not a power of two would
+            # leave the case incomplete); addresses past `depth` are never read
+            choices = banks + banks[-1:] * ((1 << len(bank)) - len(banks))
+            m.d.comb += Value.cast(port.data).eq(Array(choices)[bank] if tiling.banks > 1 else banks[0])
         return m
 
 

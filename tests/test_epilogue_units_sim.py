@@ -1,7 +1,8 @@
 """The GELU lookup, residual adder and Requantizer testbenches (``sim.tb.gelu/residual/requant``) in
 Verilator. One configuration per unit keeps the three builds near a minute: 8 lanes (the default
-array width) and an odd lane count with ragged channel groups; tests/test_epilogue_units.py runs
-every unit at both lane counts in Amaranth's simulator."""
+array width) and an odd lane count with ragged channel groups, the latter with its products in LUTs
+(hw.dsp.wide_product's other form); tests/test_epilogue_units.py runs every unit at both lane
+counts in Amaranth's simulator."""
 
 import json
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.sim
 
 CASES = [  # (unit, component, config, config variable, testbench)
     ("gelu", Gelu, GeluConfig(8), "GELU_CONFIG", "sim.tb.gelu"),
-    ("residual", ResidualAdder, ResidualConfig(3, 192), "RESIDUAL_CONFIG", "sim.tb.residual"),
+    ("residual", ResidualAdder, ResidualConfig(3, 192, lut_multipliers=True), "RESIDUAL_CONFIG", "sim.tb.residual"),
     ("requant", Requantizer, RequantConfig(8), "REQUANT_CONFIG", "sim.tb.requant"),
 ]
 

@@ -1,6 +1,7 @@
 """Every generated design passes a plain `verilator --lint-only` (Verilator's default warnings):
 each unit at its default config (the top at 8x8), the top at a non-square shape, and the top for
-the ecp5 target together with the model of the primitive it instantiates."""
+the ecp5 target together with the model of the primitive it instantiates, with the units'
+multipliers in DSP blocks and in LUTs."""
 
 import pytest
 
@@ -12,6 +13,7 @@ DESIGNS = {
     **{unit: (unit, config_class(unit)(), "generic") for unit in unit_names()},
     "top_4x6": ("top", TopConfig(rows=4, cols=6), "generic"),
     "top_ecp5": ("top", TopConfig(), "ecp5"),
+    "top_lut_ecp5": ("top", TopConfig(rows=4, cols=6, dsp_budget=24), "ecp5"),  # the units' products in LUTs
 }
 
 
