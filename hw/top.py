@@ -273,9 +273,15 @@ class Accelerator(Component):
         loading = Signal()  # the load engine's LOAD_ACT
         load_left, load_open = Signal(COUNT_BITS), Signal()
         aptr_load = Signal(cur.addr.shape())
+        # The current command's routing, decoded once as it starts: one register per destination,
+        # so no op/unit compare sits on the din and dout handshakes (from `cur.op` through its
+        # decode to attention x V's output FIFO was the 8x8 top's critical path, 92 MHz).
+        route_load_weight, route_matmul = Signal(), Signal()
+        route_params = {uid: Signal(name=f"route_params_{uid.name.lower()}") for uid in param_ports}
+        route_stream = {uid: Signal(name=f"route_stream_{uid.name.lower()}") for uid in units}
         p = self.cmd.payload
         is_load_act = p.op == Op.LOAD_ACT
-        load_may_start = ~loading & (~busy | (p.overlap & (cur.op == Op.MATMUL)))
+        load_may_start = ~loading & (~busy | (p.overlap & route_matmul))
         m.d.comb += self.cmd.ready.eq(Mux(is_load_act, load_may_start, ~busy & ~loading))
 
         # MATMUL issue counters: the activation and weight read addresses (tiles are contiguous in
@@ -298,6 +304,9 @@ class Accelerator(Component):
                 out_open.eq(p.out_count != 0), wptr_load.eq(p.addr),
                 issuing.eq((p.op == Op.MATMUL) & (p.tiles != 0) & (p.k != 0)),
                 aptr.eq(p.addr), wptr.eq(p.waddr), k_left.eq(p.k - 1), t_left.eq(p.tiles - 1), rgroup.eq(p.group),
+                route_load_weight.eq(p.op == Op.LOAD_WEIGHT), route_matmul.eq(p.op == Op.MATMUL),
+                *(route.eq((p.op == Op.PARAMS) & (p.unit == uid)) for uid, route in route_params.items()),
+                *(route.eq((p.op == Op.STREAM) & (p.unit == uid)) for uid, route in route_stream.items()),
             ]
         with m.Elif(busy & ~in_open & ~out_open & ~issuing):
             m.d.sync += busy.eq(0)
@@ -335,26 +344,31 @@ class Accelerator(Component):
         for unit in units.values():
             m.d.comb += unit.inp.payload.eq(self.din.payload[:unit.inp.payload.shape().size])
 
-        # If/Elif, not Switch/Case: Amaranth writes a Switch that leaves codes out (LOAD_ACT, the
-        # unused op and unit codes) as a Verilog `case` without `default`, which Verilator's lint
-        # flags (CASEINCOMPLETE), and an empty Default is dropped. The units are exclusive, so
-        # each unit's If stands alone.
-        with m.If(cur.op == Op.LOAD_WEIGHT):
+        # Each result source reaches the dout multiplexer through a FIFO of its own (a credit
+        # pipeline without stages), so a unit's output FIFO sees a `ready` that is a register
+        # beside it, and the long route to the multiplexer runs between registers.
+        def staged(source, name):
+            out = stream.Signature(source.payload.shape()).create(path=(name,))
+            pipe = CreditPipeline(m, source, out, 0, name)
+            m.d.comb += pipe.result.eq(source.payload)
+            return out
+
+        # The routes are exclusive, so each destination's If stands alone.
+        with m.If(route_load_weight):
             m.d.comb += [din_ready.eq(take), wwp.en.eq(din_fire)]
-        with m.Elif(cur.op == Op.PARAMS):
-            for uid, port in param_ports.items():
-                with m.If(cur.unit == uid):
-                    m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
-        with m.Elif(cur.op == Op.STREAM):
-            for uid, unit in units.items():
-                with m.If(cur.unit == uid):
-                    m.d.comb += [
-                        din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
-                        dout_valid.eq(unit.out.valid), unit.out.ready.eq(out_ready),
-                        dout_payload.eq(unit.out.payload.as_value()),
-                    ]
-        with m.Elif(cur.op == Op.MATMUL):
-            m.d.comb += [dout_valid.eq(gelu.out.valid), gelu.out.ready.eq(out_ready)]
+        for uid, port in param_ports.items():
+            with m.If(route_params[uid]):
+                m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
+        for uid, unit in units.items():
+            out = staged(unit.out, f"{uid.name.lower()}_out")
+            with m.If(route_stream[uid]):
+                m.d.comb += [
+                    din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
+                    dout_valid.eq(out.valid), out.ready.eq(out_ready), dout_payload.eq(out.payload.as_value()),
+                ]
+        gelu_out = staged(gelu.out, "gelu_out")
+        with m.If(route_matmul):
+            m.d.comb += [dout_valid.eq(gelu_out.valid), gelu_out.ready.eq(out_ready)]
 
         # MATMUL operand issue: the buffers are read without an enable, Bram.LATENCY cycles ahead
         # of a credit FIFO that feeds the array, so neither the array's `ready` nor a stall reaches
@@ -398,9 +412,9 @@ class Accelerator(Component):
         ]
         for lane in range(C):
             m.d.comb += gelu.inp.payload.data[lane].eq(requant.out.payload.data[lane][:8])
-        epilogue = Signal(cfg.epilogue_layout)
-        m.d.comb += [epilogue.data.eq(gelu.out.payload.side), epilogue.gelu.eq(gelu.out.payload.data),
-                     epilogue.keep.eq(gelu.out.payload.keep), epilogue.last.eq(gelu.out.payload.last)]
-        with m.If(cur.op == Op.MATMUL):
+        epilogue, word = Signal(cfg.epilogue_layout), gelu_out.payload
+        m.d.comb += [epilogue.data.eq(word.side), epilogue.gelu.eq(word.data),
+                     epilogue.keep.eq(word.keep), epilogue.last.eq(word.last)]
+        with m.If(route_matmul):
             m.d.comb += dout_payload.eq(epilogue.as_value())
         return m
