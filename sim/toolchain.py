@@ -38,11 +38,13 @@ FAST_FLAGS = ("--timing", "-CFLAGS", "-fcoroutines")
 # OPT_FAST=-O2: the model's own code. OPT_GLOBAL=-O2: Verilator's runtime library, whose VPI
 # callbacks (cocotb's main loop) and --timing scheduler run at every time slot, two a clock cycle:
 # 14 % less CPU per cycle on the 8x8 top (DeiT-Tiny's first block, 10.6 s -> 9.1 s, medians of 3).
-# Measured on the same top and left out: OPT_FAST=-O3 (1 % fewer instructions, no faster),
-# Verilator's -O3 and --x-assign/--x-initial fast (identical code: the design has no X and every
-# register an initial value), --threads 2 (on 2 cores shared with other work the two threads wait
-# on each other: 5x-28x slower), and no --timing with the clock toggled from C++ (9 % fewer
-# instructions, but only with a main loop of our own instead of cocotb's).
+# Measured on the same top (e7ddb03, DeiT-Tiny's first block) and left out: OPT_FAST=-O3 (the same
+# instruction count, no faster), Verilator's -O3 and --x-assign/--x-initial fast (identical `eval`
+# code: the design has no X and every register an initial value), --threads 2 (on 2 cores shared
+# with other work the two threads wait on each other: 5x-28x slower), no --timing with the clock
+# toggled from C++ (6 % fewer instructions and 9 % faster, but only with a main loop of our own: with
+# cocotb's C++ clock, a timer callback every edge, 20 % slower, 286k against 358k cycles/s), and
+# profile-guided optimization (9 % faster, but a training run inside every build).
 FAST_MAKE = ("OPT_FAST=-O2", "OPT_GLOBAL=-O2")
 # The make variables of a `fast` build before OPT_GLOBAL: sw/bench.py's baseline.
 BASELINE_FAST_MAKE = ("OPT_FAST=-O2",)
