@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product", "dsp_blocks"]
+__all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product", "dsp_blocks", "signed_width"]
 
 DSP_WIDTH = 18  # MULT18X18D operand width
 
@@ -75,8 +75,10 @@ CHUNK_BITS = DSP_WIDTH - 1  # unsigned chunks of a wide operand, sign-extended b
 PRODUCT_LATENCY = 1 + ceil_log2(DSP_WIDTH)
 
 
-def _signed_width(value: Value) -> int:
-    return len(value) if value.shape().signed else len(value) + 1
+def signed_width(value) -> int:
+    """Bits of the narrowest signed shape holding every value of `value` (an int or a Value)."""
+    shape = Value.cast(value).shape()
+    return shape.width + (not shape.signed)
 
 
 def _delay(m: Module, value, cycles: int, name: str):
@@ -100,7 +102,7 @@ def wide_product(m: Module, a, b, name: str, lut: bool = False) -> Value:
     if isinstance(b, (int, Const)):
         return _delay(m, a * b, PRODUCT_LATENCY, f"{name}_p")
     b = Value.cast(b)
-    if _signed_width(b) > DSP_WIDTH:
+    if signed_width(b) > DSP_WIDTH:
         raise ValueError(f"wide_product: b must fit {DSP_WIDTH} bits signed, got {b.shape()}")
     return _lut_product(m, a, b, name) if lut else _dsp_product(m, a, b, name)
 
@@ -111,7 +113,7 @@ def _dsp_product(m: Module, a: Value, b: Value, name: str) -> Signal:
         hi = min(lo + CHUNK_BITS, len(a))
         top = hi == len(a)
         chunk = a[lo:hi].as_signed() if top and a.shape().signed else a[lo:hi]
-        m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(_signed_width(chunk), _signed_width(b))
+        m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(signed_width(chunk), signed_width(b))
         m.d.comb += [mult.a.eq(chunk), mult.b.eq(b)]
         partial = _delay(m, mult.p, 1, f"{name}_off{i}")  # the route off the DSP block gets a cycle
         partials.append(partial.as_signed() << lo if i else partial)
@@ -122,7 +124,7 @@ def _dsp_product(m: Module, a: Value, b: Value, name: str) -> Signal:
 
 def _lut_product(m: Module, a: Value, b: Value, name: str) -> Value:
     # operands as signed registers; y, the narrower, selects shifted copies of x
-    x, y = (a, b) if _signed_width(a) >= _signed_width(b) else (b, a)
+    x, y = (a, b) if signed_width(a) >= signed_width(b) else (b, a)
     y_signed = y.shape().signed
     x = _delay(m, x if x.shape().signed else Cat(x, Const(0, 1)).as_signed(), 1, f"{name}_x")
     y = _delay(m, y, 1, f"{name}_y")

@@ -21,7 +21,7 @@ from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
 from .unit import StreamUnit
 from .bram import Bram
 from .config import check_bool, check_int
-from .dsp import PRODUCT_LATENCY, wide_product
+from .dsp import PRODUCT_LATENCY, signed_width, wide_product
 from .pipeline import CreditPipeline
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "SHIFT_STEPS", "ROUND_LATENCY", "REQUANT_LATENCY", "READ_LATENCY",
@@ -81,14 +81,14 @@ def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     rounding = lane.delay(rounding, 1, f"{name}_rounding")
     lo, hi = lane.delay(lo, 3, f"{name}_clamp_lo"), lane.delay(hi, 3, f"{name}_clamp_hi")
     # r only counts inside [lo, hi]: its low out_width bits suffice (a short carry chain).
-    out_width = max(_signed_width(lo), _signed_width(hi))
+    out_width = max(signed_width(lo), signed_width(hi))
     rounded = lane.delay((to_round[:out_width + 1] + rounding)[1:out_width + 1].as_signed(), 2, f"{name}_rounded")
     # The bounds fit `width` bits signed, so an s outside that range lies beyond both on its sign's
     # side: the compares take s's low `width` bits, and its upper bits only say whether they are all
     # sign bits (a LUT tree beside the carry chains; a compare over the whole product took 9 ns).
     # The compares are unsigned >= of the values offset by 2**(width-1): the carry out of the chain
     # is the answer, where a signed compare adds a LUT after it and a > an equality tree.
-    width = max(_signed_width(below), _signed_width(above))
+    width = max(signed_width(below), signed_width(above))
     if len(shifted) < width:  # narrower than the bounds: sign-extended, it always fits
         shifted = Cat(shifted, shifted[-1].replicate(width - len(shifted))).as_signed()
     upper = shifted[width - 1:]
@@ -103,12 +103,6 @@ def round_stages(pipe: CreditPipeline, value, shift, zero, lo, hi, name: str):
     low = lane.reg(Mux(fits, ~not_low, negative), f"{name}_low")
     high = lane.reg(Mux(fits, ~not_high, ~negative), f"{name}_high")
     return lane.reg(Mux(low, lo, Mux(high, hi, rounded)), f"{name}_out", signed(out_width))
-
-
-def _signed_width(value) -> int:
-    """Bits of the narrowest signed shape holding every value of `value` (an int or a Value)."""
-    shape = Value.cast(value).shape()
-    return shape.width + (not shape.signed)
 
 
 def _offset(value, width: int):
