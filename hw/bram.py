@@ -17,11 +17,18 @@ undefined value (the generic form and the model give the old one). No caller doe
 
 The contents start at zero (no ``init``); the read data register is not reset (a DP16KD's RSTB
 is tied low), it starts at zero.
+
+``Bram(..., registered_inputs=True)`` puts a register in front of every block: its own copy of the
+write address, data and enable and of the read address (``latency`` 3; a write lands one edge
+after its port saw it). A memory of many blocks is spread over the device's block-RAM rows, and one
+register driving all of their address pins was the 8x8 top's critical path (the weight buffer's
+32 blocks: 11.6 ns of routing). Each copy lives in a ``slice_*`` module, which synthesis keeps
+apart (rtl_gen.synth), so the copies are not merged back into one.
 """
 
 from dataclasses import dataclass
 
-from amaranth import Array, Cat, ClockSignal, Const, Instance, Module, Shape, Signal, Value
+from amaranth import Array, Cat, ClockSignal, Const, Elaboratable, Instance, Module, Shape, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.utils import ceil_log2
@@ -68,10 +75,11 @@ class Bram(wiring.Component):
     """`depth` words of `shape`; one write port and any number of read ports, each its own copy
     of the contents (one set of blocks per read port, all written together)."""
 
-    LATENCY = 2  # read port: address -> data
+    LATENCY = 2  # read port: address -> data (without registered inputs)
 
-    def __init__(self, *, shape, depth: int):
+    def __init__(self, *, shape, depth: int, registered_inputs: bool = False):
         self._shape, self._depth = shape, depth
+        self._registered = registered_inputs
         self._addr_width = ceil_log2(depth)
         self._write = None
         self._reads = []
@@ -85,15 +93,21 @@ class Bram(wiring.Component):
     def depth(self) -> int:
         return self._depth
 
+    @property
+    def latency(self) -> int:
+        """A read port's cycles from address to data: LATENCY, one more with registered inputs."""
+        return self.LATENCY + self._registered
+
     def write_port(self) -> WritePort:
-        """The write port: ``data`` is written at ``addr`` at the clock edge where ``en`` is 1."""
+        """The write port: ``data`` is written at ``addr`` at the clock edge where ``en`` is 1
+        (with registered inputs, at the edge after)."""
         if self._write is not None:
             raise ValueError("a Bram has one write port")
         self._write = WritePort.Signature(addr_width=self._addr_width, shape=self._shape).create(path=("w",))
         return self._write
 
     def read_port(self) -> ReadPort:
-        """A read port: ``data`` shows the word at ``addr`` from two edges where ``en`` was 1 ago."""
+        """A read port: ``data`` shows the word at ``addr`` from ``latency`` edges where ``en`` was 1 ago."""
         port = ReadPort.Signature(addr_width=self._addr_width, shape=self._shape).create(path=(f"r{len(self._reads)}",))
         self._reads.append(port)
         return port
@@ -106,11 +120,14 @@ class Bram(wiring.Component):
         m = Module()
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=[])
         wp = mem.write_port()
-        m.d.comb += [wp.addr.eq(self._write.addr), wp.data.eq(self._write.data), wp.en.eq(self._write.en)]
+        w = _Inputs(m, self._registered, "w")
+        m.d.comb += [wp.addr.eq(w.reg(self._write.addr, "addr")), wp.data.eq(w.reg(self._write.data, "data")),
+                     wp.en.eq(w.reg(self._write.en, "en"))]
         for i, port in enumerate(self._reads):
             rp = mem.read_port()
             out = Signal(self._shape, name=f"r{i}_data", reset_less=True)
-            m.d.comb += [rp.addr.eq(port.addr), rp.en.eq(port.en), port.data.eq(out)]
+            m.d.comb += [rp.addr.eq(_Inputs(m, self._registered, f"r{i}").reg(port.addr, "addr", port.en)),
+                         rp.en.eq(port.en), port.data.eq(out)]
             with m.If(port.en):
                 m.d.sync += out.eq(rp.data)
         return m
@@ -130,13 +147,14 @@ class Bram(wiring.Component):
                     lo = c * tiling.width
                     data = w_bits[lo:min(lo + tiling.width, len(w_bits))]
                     dob = Signal(18, name=f"r{i}_b{b}_c{c}_dob")
-                    m.submodules[f"r{i}_b{b}_c{c}"] = _dp16kd(tiling, w.addr, data, write, port.addr, port.en, dob)
+                    m.submodules[f"slice_r{i}_b{b}_c{c}"] = _Block(
+                        tiling, self._registered, (w.addr, data, write), (port.addr, port.en, dob))
                     columns.append(dob[:len(data)])
                 banks.append(Cat(*columns))
-            # the bank select travels beside the read through both of its stages, so the bank
+            # the bank select travels beside the read through all of its stages, so the bank
             # multiplexer after the output registers starts from a register too
             bank = port.addr[tiling.bank_addr_bits:]
-            for stage in range(self.LATENCY if tiling.banks > 1 else 0):
+            for stage in range(self.latency if tiling.banks > 1 else 0):
                 held = Signal.like(bank, name=f"r{i}_bank_{stage + 1}", reset_less=True)
                 with m.If(port.en):
                     m.d.sync += held.eq(bank)
@@ -145,6 +163,38 @@ class Bram(wiring.Component):
             # leave the case incomplete); addresses past `depth` are never read
             choices = banks + banks[-1:] * ((1 << len(bank)) - len(banks))
             m.d.comb += Value.cast(port.data).eq(Array(choices)[bank] if tiling.banks > 1 else banks[0])
+        return m
+
+
+class _Inputs:
+    """A port's input registers when the Bram has them (`registered`), else its signals as they are."""
+
+    def __init__(self, m: Module, registered: bool, prefix: str):
+        self._m, self._registered, self._prefix = m, registered, prefix
+
+    def reg(self, value, name: str, en=None):
+        if not self._registered:
+            return value
+        held = Signal.like(value, name=f"{self._prefix}_{name}_in")
+        with self._m.If(Const(1) if en is None else en):
+            self._m.d.sync += held.eq(value)
+        return held
+
+
+class _Block(Elaboratable):
+    """One DP16KD of a Bram (`_dp16kd`), with its own input registers if `registered`: in a
+    module of its own, so that synthesis keeps each block's copy."""
+
+    def __init__(self, tiling: Dp16kdTiling, registered: bool, write, read):
+        self._tiling, self._registered, self._write, self._read = tiling, registered, write, read
+
+    def elaborate(self, platform):
+        m = Module()
+        (w_addr, w_data, w_en), (r_addr, r_en, r_data) = self._write, self._read
+        bits = self._tiling.bank_addr_bits
+        w, r = _Inputs(m, self._registered, "w"), _Inputs(m, self._registered, "r")
+        m.submodules.block = _dp16kd(self._tiling, w.reg(w_addr[:bits], "addr"), w.reg(w_data, "data"),
+                                     w.reg(w_en, "en"), r.reg(r_addr[:bits], "addr", r_en), r_en, r_data)
         return m
 
 

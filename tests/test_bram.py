@@ -20,15 +20,16 @@ from hw.dsp import ECP5Target
 class BramHarness(wiring.Component):
     """A Bram of `width`-bit words with `reads` read ports, every port on the harness's ports."""
 
-    def __init__(self, width: int, depth: int, reads: int):
-        self._width, self._depth, self._reads = width, depth, reads
+    def __init__(self, width: int, depth: int, reads: int, registered_inputs: bool = False):
+        self._width, self._depth, self._reads, self._registered = width, depth, reads, registered_inputs
         addr = unsigned((depth - 1).bit_length())
         super().__init__({"w_addr": In(addr), "w_data": In(width), "w_en": In(1), "r_addr": In(addr).array(reads),
                           "r_en": In(1).array(reads), "r_data": Out(width).array(reads)})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mem = mem = Bram(shape=unsigned(self._width), depth=self._depth)
+        m.submodules.mem = mem = Bram(shape=unsigned(self._width), depth=self._depth,
+                                      registered_inputs=self._registered)
         wp = mem.write_port()
         m.d.comb += [wp.addr.eq(self.w_addr), wp.data.eq(self.w_data), wp.en.eq(self.w_en)]
         for i in range(self._reads):
@@ -57,17 +58,20 @@ class StandInBlock(Elaboratable):
         return m
 
 
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered_inputs"])
 @pytest.mark.parametrize("width,depth,reads,form", [
     (8, 256, 3, "generic"), (9, 40, 1, "generic"),
     # the ecp5 form's tiling, banks and bank select around stand-ins for the blocks (the blocks
     # themselves are checked against the generic form with sim/models/DP16KD.v in Verilator)
     (3, 20000, 2, "ecp5 blocks"), (20, 1024, 1, "ecp5 blocks"),
 ])
-def test_reads_two_cycles_after_the_address_and_en_holds_both_stages(width, depth, reads, form, monkeypatch):
+def test_reads_latency_cycles_after_the_address_and_en_holds_every_stage(width, depth, reads, form, registered,
+                                                                          monkeypatch):
     """Random writes, and reads whose `en` drops at random: each read port's data is the word its
-    address held two enabled edges ago (the synchronous read, then the output register, both
-    held while `en` is low). No port reads the address being written in the same cycle."""
-    dut = BramHarness(width, depth, reads)
+    address held `latency` enabled edges ago (with registered inputs, the address register; then
+    the synchronous read and the output register, all held while `en` is low); with registered
+    inputs a write lands an edge late. No port reads the address being written in the same cycle."""
+    dut = BramHarness(width, depth, reads, registered)
     tiling = dp16kd_tiling(width, depth)
     if form == "ecp5 blocks":
         blocks = []
@@ -83,7 +87,10 @@ def test_reads_two_cycles_after_the_address_and_en_holds_both_stages(width, dept
 
     async def bench(ctx):
         mem = [0] * depth
-        read, out = [0] * reads, [0] * reads  # the model's two stages per port
+        # the model: with registered inputs, the write and each port's address one edge (an
+        # enabled edge for a read port) late; then per port the read and the output register
+        write = (False, 0, 0)
+        at, read, out = [0] * reads, [0] * reads, [0] * reads
         for _ in range(600):
             w_en, w_addr, w_data = rng.random() < 0.5, rng.choice(addresses), rng.randrange(1 << width)
             ctx.set(harness.w_en, w_en)
@@ -97,11 +104,15 @@ def test_reads_two_cycles_after_the_address_and_en_holds_both_stages(width, dept
                 ctx.set(harness.r_addr[i], addr)
                 ports.append((en, addr))
             await ctx.tick()
+            if not registered:
+                write, at = (w_en, w_addr, w_data), [addr for _, addr in ports]
             for i, (en, addr) in enumerate(ports):
                 if en:
-                    read[i], out[i] = mem[addr], read[i]
-            if w_en:
-                mem[w_addr] = w_data
+                    read[i], out[i] = mem[at[i]], read[i]
+                    at[i] = addr
+            if write[0]:
+                mem[write[1]] = write[2]
+            write = (w_en, w_addr, w_data)
             for i in range(reads):
                 assert ctx.get(harness.r_data[i]) == out[i]
                 checked.append(out[i])
@@ -119,7 +130,11 @@ def test_generic_form_keeps_a_layout():
     mem = Bram(shape=layout, depth=16)
     wp, rp = mem.write_port(), mem.read_port()
     assert isinstance(wp.data, data.View) and isinstance(rp.data, data.View) and len(Value.cast(rp.data)) == 9
-    assert (len(wp.addr), len(rp.addr), Bram.LATENCY) == (4, 4, 2)
+    assert (len(wp.addr), len(rp.addr), Bram.LATENCY, mem.latency) == (4, 4, 2, 2)
+    registered = Bram(shape=layout, depth=16, registered_inputs=True)
+    registered.write_port(), registered.read_port()
+    assert registered.latency == 3
+    Fragment.get(registered, None)
     Fragment.get(mem, None)
 
 
