@@ -24,6 +24,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from .pipeline import delayed
+
 __all__ = ["DSP_WIDTH", "PRODUCT_LATENCY", "RegisteredMultiplier", "ECP5Target", "wide_product", "dsp_blocks", "signed_width"]
 
 DSP_WIDTH = 18  # MULT18X18D operand width
@@ -81,14 +83,6 @@ def signed_width(value) -> int:
     return shape.width + (not shape.signed)
 
 
-def _delay(m: Module, value, cycles: int, name: str):
-    for stage in range(cycles):
-        reg = Signal(Value.cast(value).shape(), name=f"{name}_d{stage}")
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value
-
-
 def wide_product(m: Module, a, b, name: str, lut: bool = False) -> Value:
     """``a * b`` (signed) registered PRODUCT_LATENCY cycles later, for a signed or unsigned `a` of
     any width and a `b` of at most 18 bits signed (17 unsigned). A constant `b` needs no
@@ -100,7 +94,7 @@ def wide_product(m: Module, a, b, name: str, lut: bool = False) -> Value:
     copies of the other, summed pairwise, one adder level a cycle."""
     a = Value.cast(a)
     if isinstance(b, (int, Const)):
-        return _delay(m, a * b, PRODUCT_LATENCY, f"{name}_p")
+        return delayed(m, a * b, PRODUCT_LATENCY, f"{name}_p")
     b = Value.cast(b)
     if signed_width(b) > DSP_WIDTH:
         raise ValueError(f"wide_product: b must fit {DSP_WIDTH} bits signed, got {b.shape()}")
@@ -115,19 +109,19 @@ def _dsp_product(m: Module, a: Value, b: Value, name: str) -> Signal:
         chunk = a[lo:hi].as_signed() if top and a.shape().signed else a[lo:hi]
         m.submodules[f"{name}_mult{i}"] = mult = RegisteredMultiplier(signed_width(chunk), signed_width(b))
         m.d.comb += [mult.a.eq(chunk), mult.b.eq(b)]
-        partial = _delay(m, mult.p, 1, f"{name}_off{i}")  # the route off the DSP block gets a cycle
+        partial = delayed(m, mult.p, 1, f"{name}_off{i}")  # the route off the DSP block gets a cycle
         partials.append(partial.as_signed() << lo if i else partial)
     total = Signal(signed(len(a) + len(b) + 1), name=f"{name}_sum")
     m.d.sync += total.eq(sum(partials[1:], partials[0]))
-    return _delay(m, total, PRODUCT_LATENCY - RegisteredMultiplier.LATENCY - 2, f"{name}_pad")
+    return delayed(m, total, PRODUCT_LATENCY - RegisteredMultiplier.LATENCY - 2, f"{name}_pad")
 
 
 def _lut_product(m: Module, a: Value, b: Value, name: str) -> Value:
     # operands as signed registers; y, the narrower, selects shifted copies of x
     x, y = (a, b) if signed_width(a) >= signed_width(b) else (b, a)
     y_signed = y.shape().signed
-    x = _delay(m, x if x.shape().signed else Cat(x, Const(0, 1)).as_signed(), 1, f"{name}_x")
-    y = _delay(m, y, 1, f"{name}_y")
+    x = delayed(m, x if x.shape().signed else Cat(x, Const(0, 1)).as_signed(), 1, f"{name}_x")
+    y = delayed(m, y, 1, f"{name}_y")
     terms = []  # (value, shift): the product is the sum of value << shift
     for i in range(len(y)):
         partial = Mux(y[i], x, 0)  # y's top bit weighs -2**i when y is signed
@@ -145,10 +139,10 @@ def _lut_product(m: Module, a: Value, b: Value, name: str) -> Value:
             paired.append((reg, s1))
         if len(terms) % 2:
             value, shift = terms[-1]
-            paired.append((_delay(m, value, 1, f"{name}_l{level}_pass"), shift))
+            paired.append((delayed(m, value, 1, f"{name}_l{level}_pass"), shift))
         terms, level = paired, level + 1
     value, _ = terms[0]  # shift 0: y's bit 0
-    return _delay(m, value, PRODUCT_LATENCY - 1 - level, f"{name}_pad")
+    return delayed(m, value, PRODUCT_LATENCY - 1 - level, f"{name}_pad")
 
 
 def dsp_blocks(component) -> int:

@@ -38,7 +38,7 @@ from fqvit.contract import FN, LN_RECIP_BITS, MAX_CHANNELS, MAX_FG, PTF_MAX_ALPH
 
 from .unit import StreamUnit
 from .config import check_bool, check_int
-from .pipeline import CreditPipeline
+from .pipeline import CreditPipeline, delayed
 from .bram import Bram
 from .dsp import DSP_WIDTH, PRODUCT_LATENCY, wide_product
 from .requant import REQUANT_LATENCY, requant_stages
@@ -204,14 +204,6 @@ class LayerNormUnit(StreamUnit):
         lut = cfg.lut_multipliers
         count_shape = unsigned(bits_for(depth))  # C in 1..max_channels
 
-        def delayed(value, stages: int, name: str):
-            """`value` `stages` cycles later, through registers without an enable."""
-            for stage in range(stages):
-                reg = Signal.like(value, name=f"{name}_{stage + 1}")
-                m.d.sync += reg.eq(value)
-                value = reg
-            return value
-
         def read(mem, addr):
             """The word of `mem` at `addr`, READ_LATENCY cycles later."""
             port = mem.read_port()
@@ -267,21 +259,21 @@ class LayerNormUnit(StreamUnit):
             m.d.sync += [channel.eq(Mux(ends, 0, channel + 1)), in_token.eq(~ends), load_bank.eq(load_bank ^ ends)]
         with m.If(accept & ~in_token):
             m.d.sync += reserved.eq(reserved + 1)
-        valid1, first1, last1 = delayed(accept, 1, "valid"), delayed(~in_token, 1, "first"), delayed(ends, 1, "last")
-        bank1 = delayed(load_bank, 1, "bank")
-        addr1, count1 = delayed(buffer_addr(load_bank, channel), 1, "addr"), delayed(channel + 1, 1, "count")
-        centred1 = delayed(inp.q - z, 1, "centred")
+        valid1, first1, last1 = delayed(m, accept, 1, "valid"), delayed(m, ~in_token, 1, "first"), delayed(m, ends, 1, "last")
+        bank1 = delayed(m, load_bank, 1, "bank")
+        addr1, count1 = delayed(m, buffer_addr(load_bank, channel), 1, "addr"), delayed(m, channel + 1, 1, "count")
+        centred1 = delayed(m, inp.q - z, 1, "centred")
         alpha2 = read(alpha_mem, channel)
-        x_in = delayed(delayed(centred1, READ_LATENCY - 1, "centred") << alpha2, 1, "x")
+        x_in = delayed(m, delayed(m, centred1, READ_LATENCY - 1, "centred") << alpha2, 1, "x")
         token_wp = token_mem.write_port()
-        m.d.comb += [token_wp.addr.eq(delayed(addr1, READ_LATENCY, "addr")), token_wp.data.eq(x_in),
-                     token_wp.en.eq(delayed(valid1, READ_LATENCY, "valid"))]
+        m.d.comb += [token_wp.addr.eq(delayed(m, addr1, READ_LATENCY, "addr")), token_wp.data.eq(x_in),
+                     token_wp.en.eq(delayed(m, valid1, READ_LATENCY, "valid"))]
 
         a_stages = READ_LATENCY + PRODUCT_LATENCY  # from stage 1 to stage A
         square = wide_product(m, x_in, x_in, "square", lut)[:bits_for(X_MAX**2)]
-        valid_a, first_a, last_a = (delayed(v, a_stages, name)
+        valid_a, first_a, last_a = (delayed(m, v, a_stages, name)
                                     for v, name in ((valid1, "valid"), (first1, "first"), (last1, "last")))
-        x_a = delayed(x_in, PRODUCT_LATENCY, "x")
+        x_a = delayed(m, x_in, PRODUCT_LATENCY, "x")
         m1_bits = bits_for(depth * X_MAX) + 1
         m2_bits = bits_for(depth * X_MAX**2)
         low_bits = (m2_bits + 1) // 2
@@ -289,11 +281,11 @@ class LayerNormUnit(StreamUnit):
         with m.If(valid_a):
             m.d.sync += [m1.eq(Mux(first_a, 0, m1) + x_a),
                          Cat(m2_low, carry).eq(Mux(first_a, 0, m2_low) + square[:low_bits])]
-        valid_b, first_b, last_b = (delayed(v, 1, name)
+        valid_b, first_b, last_b = (delayed(m, v, 1, name)
                                     for v, name in ((valid_a, "valid"), (first_a, "first"), (last_a, "last")))
-        count_b, bank_b = delayed(count1, a_stages + 1, "count"), delayed(bank1, a_stages + 1, "bank")
+        count_b, bank_b = delayed(m, count1, a_stages + 1, "count"), delayed(m, bank1, a_stages + 1, "bank")
         m2_high = Signal(m2_bits - low_bits)
-        m2_high_next = Mux(first_b, 0, m2_high) + delayed(square[low_bits:], 1, "square_high") + carry
+        m2_high_next = Mux(first_b, 0, m2_high) + delayed(m, square[low_bits:], 1, "square_high") + carry
         with m.If(valid_b):
             m.d.sync += m2_high.eq(m2_high_next)
 
@@ -353,7 +345,7 @@ class LayerNormUnit(StreamUnit):
         # decoding sits in front of them.
         busy = Signal()
         m.d.comb += take.eq(pending & ~busy)
-        load_root = delayed(take, cfg.VARIANCE_CYCLES - 1, "load_root")
+        load_root = delayed(m, take, cfg.VARIANCE_CYCLES - 1, "load_root")
         vbits = Signal(2 * nb)  # V, shifted out two bits at a time from the top
         # isqrt remainder: V's leading bits minus root**2, less the last trial when that did not fit
         # (|rem| < 2 * 2**nb, so steps are taken modulo 2**(nb + 2))
@@ -406,7 +398,7 @@ class LayerNormUnit(StreamUnit):
 
         # R goes to its slot from `signs` the cycle after the last quotient bit, when stat_bank has
         # moved on: the output side reads it no earlier than the cycle after that.
-        r_due = delayed(qbit[0], 1, "r_due")
+        r_due = delayed(m, qbit[0], 1, "r_due")
         for b, slot in enumerate(slots):
             with m.If(stat_bank == b):
                 with m.If(bit[0]):

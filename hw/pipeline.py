@@ -15,7 +15,17 @@ from amaranth import Module, Mux, Signal, Value
 
 from .fifo import LutRamFifo
 
-__all__ = ["StallPipeline", "CreditPipeline"]
+__all__ = ["StallPipeline", "CreditPipeline", "delayed"]
+
+
+def delayed(m: Module, value, cycles: int, name: str):
+    """`value` `cycles` clock edges later, through registers without an enable (in `m`), named
+    `name`_1, `name`_2, ...: a free-running delay line, for logic outside a pipeline's stages."""
+    for stage in range(cycles):
+        reg = Signal(Value.cast(value).shape(), name=f"{name}_{stage + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
 
 
 class _Pipeline:
