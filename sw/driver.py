@@ -89,10 +89,13 @@ def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:
     return Run(out, trace, wall_s=time.perf_counter() - t0)
 
 
-def build_sim(cfg: TopConfig) -> toolchain.Build:
-    """Generate the top's Verilog and its host harness, and compile them with Verilator (cached)."""
-    top = generate(Accelerator(cfg), "top", cfg.timing())
-    return toolchain.build(harness_verilog(cfg, top.verilog), harness_name(cfg), fast=True)
+def build_sim(cfg: TopConfig, target: str = "generic") -> toolchain.Build:
+    """Generate the top's Verilog for `target` and its host harness, and compile them with Verilator
+    (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
+    the models in sim/models."""
+    top = generate(Accelerator(cfg), "top", cfg.timing(), target)
+    return toolchain.build(harness_verilog(cfg, top.verilog) + toolchain.primitive_models(target), harness_name(cfg),
+                           fast=True)
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,

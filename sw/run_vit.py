@@ -25,6 +25,7 @@ from calib.config import OBSERVER_NAMES
 from fqvit import cache
 from fqvit.cli import arg_type, guarded, number, writable_file
 from fqvit.contract import DEFAULT_LIS_RULE, LIS_RULES
+from sim.toolchain import PRIMITIVE_MODELS  # the generation targets (rtl_gen.TARGETS), torch- and Amaranth-free
 
 OP_LABELS = {"linear": "linear (matmul + requant/GELU)", "logits": "attention logits Q.K^T", "softmax": "LIS softmax",
              "attn_v": "attention x V", "layernorm": "LayerNorm", "add": "residual add"}
@@ -50,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--array", type=arg_type(array_size), default=(8, 8), help="systolic array RxC (default 8x8)")
     p.add_argument("--act-kib", type=count, default=8, help="activation buffer KiB (default 8)")
     p.add_argument("--weight-kib", type=count, default=64, help="weight buffer KiB (default 64)")
+    p.add_argument("--target", choices=tuple(PRIMITIVE_MODELS), default="generic",
+                   help="the top's Verilog for the sim backend: generic RTL (default) or ecp5, what synthesis reads "
+                        "(DSP and block-RAM primitives simulated by their models in sim/models)")
     p.add_argument("--layers", type=count, default=None, help="run only the first K transformer blocks (ViT/DeiT)")
     p.add_argument("--observer", default="minmax", choices=OBSERVER_NAMES, help="activation observer")
     p.add_argument("--lis-rule", default=DEFAULT_LIS_RULE, choices=sorted(LIS_RULES),
@@ -64,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
 
 def refusal(args) -> str | None:
     """Why the run cannot go ahead, decided from the arguments alone (before calibrating); None if it can."""
+    if args.target != "generic" and args.backend != "sim":
+        return f"--target {args.target} chooses the Verilog the sim backend builds; --backend {args.backend} runs none"
     if family_name(args.model) == "swin":
         if args.backend == "sim":
             return (f"{args.model} is a Swin model: the accelerator does not run Swin's shifted-window attention "
@@ -110,8 +116,8 @@ def run(args, console) -> dict:
     if args.backend == "ref":
         got = driver.run_ref(im, codes, args.layers)
     else:
-        with console.status(f"Generating the {rows}x{cols} top and building it with Verilator (cached after the first run)"):
-            compiled = driver.build_sim(cfg)
+        with console.status(f"Generating the {rows}x{cols} top ({args.target}) and building it with Verilator (cached after the first run)"):
+            compiled = driver.build_sim(cfg, args.target)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task(f"{len(labels)} images through the Verilated top (ops)", total=n_ops)
@@ -126,7 +132,7 @@ def run(args, console) -> dict:
     images = len(labels)
     report = {
         "model": args.model, "backend": args.backend, "images": images, "export": str(q.path),
-        "array": f"{rows}x{cols}" if cfg else None, "layers": layers, "depth": depth,
+        "array": f"{rows}x{cols}" if cfg else None, "target": args.target if args.backend == "sim" else None, "layers": layers, "depth": depth,
         "top": cfg.to_dict() if cfg else None, "top1": top1,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
         "tensors_compared": len(tensors), "elements_compared": sum(t["elements"] for t in tensors.values()),

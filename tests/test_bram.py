@@ -1,6 +1,6 @@
 """hw.bram.Bram: the generic form's cycle behaviour in Amaranth's simulator, the DP16KD tiling, and
-the primitives the ecp5 form instantiates (the lowered form is simulated with sim/models/DP16KD.v
-in Verilator)."""
+the primitives the ecp5 form instantiates (the lowered form runs on sim/models/DP16KD.v in Verilator
+inside the top lowered to ecp5: tests/test_run_vit_sim.py)."""
 
 import random
 
@@ -62,7 +62,7 @@ class StandInBlock(Elaboratable):
 @pytest.mark.parametrize("width,depth,reads,form", [
     (8, 256, 3, "generic"), (9, 40, 1, "generic"),
     # the ecp5 form's tiling, banks and bank select around stand-ins for the blocks (the blocks
-    # themselves are checked against the generic form with sim/models/DP16KD.v in Verilator)
+    # themselves run on sim/models/DP16KD.v inside the lowered top: tests/test_run_vit_sim.py)
     (3, 20000, 2, "ecp5 blocks"), (20, 1024, 1, "ecp5 blocks"),
 ])
 def test_reads_latency_cycles_after_the_address_and_en_holds_every_stage(width, depth, reads, form, registered,

@@ -103,6 +103,25 @@ def test_misconfigured_runs_fail_clearly(argv, message, capsys):
     assert "error:" in out and message in out and "Traceback" not in out
 
 
+def test_a_verilog_target_without_the_sim_backend_is_refused_before_calibrating(monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated a run that should have been refused")
+
+    monkeypatch.setattr(calib.pipeline, "quantize", never)
+    assert run_vit(["--backend", "ref", "--target", "ecp5", "--quiet"]) == 2
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "error:" in out and "--target ecp5 chooses the Verilog the sim backend builds" in out
+
+
+def test_every_generation_target_has_its_primitive_models():
+    """run_vit's --target choices are sim.toolchain.PRIMITIVE_MODELS' keys (torch- and Amaranth-free)."""
+    from rtl_gen import TARGETS
+    from sim import toolchain
+
+    assert set(toolchain.PRIMITIVE_MODELS) == set(TARGETS)
+    assert "module DP16KD" in toolchain.primitive_models("ecp5") and toolchain.primitive_models("generic") == ""
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--array", "8"], "--array: array must be RxC"),
     (["--array", "0x8"], "--array: array rows must be in 1..32, got 0"),

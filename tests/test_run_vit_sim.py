@@ -62,6 +62,16 @@ def test_digits_model_bit_exact_on_the_top(array, tmp_path):
     check_cycles(r, im.config)
 
 
+def test_digits_model_bit_exact_on_the_top_lowered_to_ecp5_primitives(tmp_path):
+    """The Verilog synthesis reads (the multipliers as MULT18X18D, the buffers as DP16KD blocks
+    with registered inputs, bank selects and output registers) on the primitives' models: the same
+    outputs and the same cycles as the generic RTL (each unit's latency is the same in both forms)."""
+    lowered = report_of(tmp_path, "--backend", "sim", "--array", "4x6", "--images", "1", "--target", "ecp5")
+    generic = report_of(tmp_path, "--backend", "sim", "--array", "4x6", "--images", "1")
+    assert lowered["target"] == "ecp5" and generic["target"] == "generic"
+    assert lowered["predictions"] == generic["predictions"] and lowered["cycles"] == generic["cycles"]
+
+
 def test_deit_tiny_block_from_checkpoint_and_imagefolder(tmp_path, make_imagefolder):
     """A (random-init) DeiT-Tiny checkpoint and a small ImageFolder the test makes: the first block
     through the top, bit-exact."""
