@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from fqvit.cli import add_report_arguments, guarded, number, report_paths
@@ -260,8 +260,11 @@ def run(args) -> int:
         synth = {i: pool.submit(_synthesize_both, *chosen[i], str(folders[i])) for i in order}
         pnr = {}
         try:
-            for i in order:
-                cells, netlist = synth[i].result()
+            # each design places and routes as soon as its netlist is ready, not in submission order
+            waiting = {future: i for i, future in synth.items()}
+            for future in as_completed(waiting):
+                i = waiting[future]
+                cells, netlist = future.result()
                 pnr[i] = [] if overflow(cells) else [pool.submit(nextpnr, netlist, seed)
                                                      for seed in range(1, args.seeds + 1)]
             rows = []
