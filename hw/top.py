@@ -42,7 +42,7 @@ from .config import check_int
 from .dsp import dsp_blocks
 from .gelu import Gelu, GeluConfig
 from .layernorm import LayerNormConfig, LayerNormUnit
-from .pipeline import CreditPipeline
+from .pipeline import CreditPipeline, register_slice
 from .requant import Requantizer, RequantConfig
 from .residual import ResidualAdder, ResidualConfig
 from .softmax import LisSoftmax, SoftmaxConfig
@@ -378,9 +378,15 @@ class Accelerator(Component):
         # of a credit FIFO that feeds the array, so neither the array's `ready` nor a stall reaches
         # the block RAMs' clock enables or the address counters. A buffer write lands an edge after
         # its din beat; a MATMUL starts at least two edges after the last one (the engines' rules).
+        # A register slice between the FIFO and the array: the array's `ready` is logic on its
+        # tile-spacing counter and the beat's `last`, and the FIFO sits by the block RAMs that
+        # fill it; from the array's counter to the FIFO's read side was the 8x8 top's critical path
+        # (2.3 ns of logic, 11.3 ns of routing).
         read_latency = abuf.latency
         beats = stream.Signature(unsigned(1)).create()  # one operand read per handshake
-        issue = CreditPipeline(m, beats, array.operands, read_latency, "issue")
+        issued = stream.Signature(array.operands.payload.shape()).create(path=("issued",))
+        issue = CreditPipeline(m, beats, issued, read_latency, "issue")
+        register_slice(m, issued, array.operands, "operands")
         arp, wrp = abuf.read_port(), wbuf.read_port()
         m.d.comb += [beats.valid.eq(issuing), arp.addr.eq(aptr), wrp.addr.eq(wptr)]
         last_k, last_t = k_left == 0, t_left == 0
