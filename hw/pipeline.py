@@ -15,7 +15,7 @@ from amaranth import Module, Mux, Signal, Value
 
 from .fifo import LutRamFifo
 
-__all__ = ["StallPipeline", "CreditPipeline", "delayed", "register_slice"]
+__all__ = ["StallPipeline", "CreditPipeline", "delayed"]
 
 
 def delayed(m: Module, value, cycles: int, name: str):
@@ -26,23 +26,6 @@ def delayed(m: Module, value, cycles: int, name: str):
         m.d.sync += reg.eq(value)
         value = reg
     return value
-
-
-def register_slice(m: Module, inp, out, name: str) -> None:
-    """Stream `inp` to stream `out` through registers on both sides: `out.valid` and `out.payload`
-    leave a register, and `inp.ready` is one (a second, skid register takes the beat that arrives
-    while `out` stalls). For a long route between a producer and a consumer whose `ready` is logic:
-    neither the route nor that logic sits on the other's handshake any more. One beat a cycle, one
-    cycle of latency, nothing dropped."""
-    shape = out.payload.shape()
-    skid, skid_full = Signal(shape, name=f"{name}_skid"), Signal(name=f"{name}_skid_full")
-    out_payload, out_valid = Signal(shape, name=f"{name}_payload"), Signal(name=f"{name}_valid")
-    m.d.comb += [inp.ready.eq(~skid_full), out.valid.eq(out_valid), out.payload.eq(out_payload)]
-    with m.If(~out_valid | out.ready):  # the output register is free at the next edge
-        m.d.sync += [out_valid.eq(skid_full | inp.valid), out_payload.eq(Mux(skid_full, skid, inp.payload)),
-                     skid_full.eq(0)]
-    with m.Elif(inp.valid & ~skid_full):
-        m.d.sync += [skid.eq(inp.payload), skid_full.eq(1)]
 
 
 class _Pipeline:

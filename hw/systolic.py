@@ -84,6 +84,17 @@ class SystolicConfig:
         """Fewest cycles between two ``last`` beats; shorter tiles are held back (``ready`` low) until then."""
         return 2 * self.rows - 1
 
+    @property
+    def max_claimed(self) -> int:
+        """A tile's ``last`` beat is taken only while the result rows claimed (those of the tiles
+        taken, not yet read out) are at most this: the FIFO has room for one more full tile. With
+        R = 1, tiles may end back to back and a claim lands a cycle late, so one row more is kept free.
+
+        A producer that keeps its ``last`` beats `min_tile_beats` cycles apart and counts the rows
+        itself (adding a tile's rows as it sends the beat) never sees ``ready`` low: the top relies
+        on that to feed the array without a handshake."""
+        return self.fifo_depth - self.rows - (1 if self.min_tile_beats == 1 else 0)
+
     def timing(self) -> dict:
         return {"latency": self.latency, "row_interval": self.row_interval,
                 "min_tile_beats": self.min_tile_beats, "beats_per_cycle": 1}
@@ -229,12 +240,11 @@ class SystolicArray(wiring.Component):
         # that it is a register compared with a constant: the adder and comparator on the FIFO
         # level had been the 12x12 array's critical path. A ragged tile may wait a little longer;
         # a full one exactly as long. The claim's one-cycle lag is safe because `last` beats are
-        # at least 2R - 1 cycles apart; with R = 1 they may be back to back, so one more row is kept free.
+        # at least 2R - 1 cycles apart; with R = 1 they may be back to back (see `max_claimed`).
         m.submodules.fifo = fifo = LutRamFifo(cfg.result_layout, cfg.fifo_depth)
         claimed = Signal(range(cfg.fifo_depth + 1))
         claim = Signal.like(ops.rows)
-        lag_margin = 1 if cfg.min_tile_beats == 1 else 0
-        room = claimed <= cfg.fifo_depth - R - lag_margin
+        room = claimed <= cfg.max_claimed
 
         # Spacing: a `last` beat is taken only 2R-1 cycles after the previous one, so a column's
         # drain chain is empty before the next tile's sums are captured into it. `wait` counts

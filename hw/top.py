@@ -42,7 +42,7 @@ from .config import check_int
 from .dsp import dsp_blocks
 from .gelu import Gelu, GeluConfig
 from .layernorm import LayerNormConfig, LayerNormUnit
-from .pipeline import CreditPipeline, register_slice
+from .pipeline import CreditPipeline, delayed
 from .requant import Requantizer, RequantConfig
 from .residual import ResidualAdder, ResidualConfig
 from .softmax import LisSoftmax, SoftmaxConfig
@@ -374,36 +374,43 @@ class Accelerator(Component):
         with m.If(route_matmul):
             m.d.comb += [dout_valid.eq(gelu_out.valid), gelu_out.ready.eq(out_ready)]
 
-        # MATMUL operand issue: the buffers are read without an enable, their read latency ahead
-        # of a credit FIFO that feeds the array, so neither the array's `ready` nor a stall reaches
-        # the block RAMs' clock enables or the address counters. A buffer write lands an edge after
-        # its din beat; a MATMUL starts at least two edges after the last one (the engines' rules).
-        # A register slice between the FIFO and the array: the array's `ready` is logic on its
-        # tile-spacing counter and the beat's `last`, and the FIFO sits by the block RAMs that
-        # fill it; from the array's counter to the FIFO's read side was the 8x8 top's critical path
-        # (2.3 ns of logic, 11.3 ns of routing).
+        # MATMUL operand issue. The buffers are read without an enable and their data reaches the
+        # array through fixed delays, with no FIFO and no handshake between them: the issue
+        # applies the array's own rules for a tile's `last` beat before the read (the spacing and
+        # the result rows it may claim, SystolicConfig.max_claimed, counted here as the beat is
+        # read), so the array's `ready` is high whenever a beat arrives and nothing waits on it.
+        # With a FIFO between them, the array's `ready` logic reaching the FIFO's read side was
+        # the 8x8 top's critical path (73.4 MHz, 11.3 ns of routing; 70.4 MHz with a register
+        # slice, whose output enable then reached every operand flip-flop).
+        sc = u["systolic"]
         read_latency = abuf.latency
-        beats = stream.Signature(unsigned(1)).create()  # one operand read per handshake
-        issued = stream.Signature(array.operands.payload.shape()).create(path=("issued",))
-        issue = CreditPipeline(m, beats, issued, read_latency, "issue")
-        register_slice(m, issued, array.operands, "operands")
         arp, wrp = abuf.read_port(), wbuf.read_port()
-        m.d.comb += [beats.valid.eq(issuing), arp.addr.eq(aptr), wrp.addr.eq(wptr)]
+        m.d.comb += [arp.addr.eq(aptr), wrp.addr.eq(wptr)]
         last_k, last_t = k_left == 0, t_left == 0
-        with m.If(beats.valid & beats.ready):
+        gap = Signal(range(sc.min_tile_beats), name="tile_gap")  # cycles until a `last` beat may issue
+        claimed = Signal(range(sc.fifo_depth + 1), name="tile_claimed")  # rows of tiles issued, not read out
+        last_ok = Signal(init=1, name="tile_last_ok")  # gap == 0 and claimed <= max_claimed, a register
+        fire = issuing & (~last_k | last_ok)
+        fire_last = fire & last_k
+        gap_next = Mux(fire_last, sc.min_tile_beats - 1, Mux(gap == 0, 0, gap - 1))
+        claimed_next = claimed + Mux(fire_last, cur.rows, 0) - (array.results.valid & array.results.ready)
+        m.d.sync += [gap.eq(gap_next), claimed.eq(claimed_next),
+                     last_ok.eq((gap_next == 0) & (claimed_next <= sc.max_claimed))]
+        with m.If(fire):
             m.d.sync += [wptr.eq(wptr + 1), aptr.eq(Mux(last_k, cur.addr, aptr + 1)),
                          k_left.eq(Mux(last_k, cur.k - 1, k_left - 1))]
             with m.If(last_k):
                 m.d.sync += t_left.eq(t_left - 1)
                 with m.If(last_t):
                     m.d.sync += issuing.eq(0)
-        ops = issue.result
+        ops = array.operands.payload
         m.d.comb += [
+            array.operands.valid.eq(delayed(m, fire, read_latency, "issue_valid")),
             ops.a.eq(arp.data), ops.b.eq(wrp.data),
             ops.a_zero.eq(cur.a_zero), ops.b_zero.eq(cur.b_zero),
             ops.a_signed.eq(0), ops.b_signed.eq(cur.b_signed), ops.rows.eq(cur.rows),
-            ops.last.eq(issue.delay(last_k, read_latency, "issue_last")),
-            ops.cols.eq(issue.delay(Mux(last_t, cur.last_cols, C), read_latency, "issue_cols")),
+            ops.last.eq(delayed(m, last_k, read_latency, "issue_last")),
+            ops.cols.eq(delayed(m, Mux(last_t, cur.last_cols, C), read_latency, "issue_cols")),
         ]
 
         # Epilogue: array -> requantizer (channel group of the result tile) -> GELU table -> dout.

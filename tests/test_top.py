@@ -143,3 +143,64 @@ def test_linear_program_accounting(tmp_path):
     assert ops.count(Op.LOAD_WEIGHT) == 2 and ops.count(Op.MATMUL) == 2 * 3  # tiles 0-2, 3; slabs 4+4+2
     assert prog.out_words == 10 * 4 and prog.macs == 10 * 20 * 48
     assert prog.array_beats == 3 * (3 * 48) + 3 * 48
+
+
+@pytest.mark.parametrize("rows,cols", [(2, 3), (1, 2)], ids=["2x3", "1x2"])
+def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeypatch):
+    """The MATMUL issue feeds the array without a handshake, applying the array's own rules for a
+    tile's `last` beat before the read (hw.top; SystolicConfig.max_claimed). In Amaranth's
+    simulator, with the host taking results at random (the array's result FIFO fills up), the
+    array's `ready` is high whenever a beat reaches it, and the results equal those of a run
+    whose host takes every word at once (R = 1: tiles end back to back)."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    import hw.top
+
+    arrays = []
+
+    class Recorded(hw.top.SystolicArray):
+        def __init__(self, *args):
+            super().__init__(*args)
+            arrays.append(self)
+
+    monkeypatch.setattr(hw.top, "SystolicArray", Recorded)
+    cfg = TopConfig(rows, cols, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, softmax_rule="nearest")
+    gen = torch.Generator().manual_seed(rows)
+    # K = 2: tiles shorter than the array's 2R - 1 spacing; 120 channels: one MATMUL gives more
+    # result rows than the array's FIFO and the epilogue's hold while the host is slow
+    x, w = torch.randint(0, 256, (4, 2), generator=gen), torch.randint(-128, 128, (120, 2), generator=gen)
+    compiler = Compiler(cfg)
+    prog = compiler.linear(x, w, 3, None, torch.full((120,), 1 << 15), torch.full((120,), 20), 0, False)
+    cmds = compiler.encode_commands(prog.commands)
+
+    def run(p_ready: float) -> list[int]:
+        dut, rng, got = Accelerator(cfg), random.Random(rows), []
+        arrays.clear()
+
+        async def bench(ctx):
+            array, c, d, stalled = arrays[0], 0, 0, 0
+            while len(got) < prog.out_words:
+                assert stalled < 2000, f"no progress: {len(got)} of {prog.out_words} words"
+                ctx.set(dut.cmd.valid, c < len(cmds))
+                ctx.set(dut.cmd.payload.as_value(), cmds[c] if c < len(cmds) else 0)
+                ctx.set(dut.din.valid, d < len(prog.din))
+                ctx.set(dut.din.payload, prog.din[d] if d < len(prog.din) else 0)
+                ctx.set(dut.dout.ready, rng.random() < p_ready)
+                assert not ctx.get(array.operands.valid) or ctx.get(array.operands.ready)
+                c += ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready)
+                d += ctx.get(dut.din.valid) and ctx.get(dut.din.ready)
+                if ctx.get(dut.dout.valid) and ctx.get(dut.dout.ready):
+                    got.append(ctx.get(dut.dout.payload))
+                    stalled = 0
+                stalled += 1
+                await ctx.tick()
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+        return got
+
+    assert run(0.05) == run(1.0)
