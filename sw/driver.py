@@ -93,7 +93,7 @@ def build_sim(cfg: TopConfig, target: str = "generic") -> toolchain.Build:
     """Generate the top's Verilog for `target` and its host harness, and compile them with Verilator
     (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
     the models in sim/models."""
-    top = generate(Accelerator(cfg), "top", cfg.timing(), target)
+    top = generate(Accelerator(cfg, gate_idle_units=target == "generic"), "top", cfg.timing(), target)
     return toolchain.build(harness_verilog(cfg, top.verilog) + toolchain.primitive_models(target), harness_name(cfg),
                            fast=True)
 
