@@ -226,9 +226,10 @@ class Accelerator(Component):
     """
 
     # Cycles a unit's clock keeps running after the last command that used it has ended: its last
-    # beat has left by then (a command ends when its last result word has), but a params write
-    # still passes its registered write port.
-    GATE_TAIL = 4
+    # beat has left by then (a command ends when its last result word has), but a PARAMS command
+    # ends when its last word is in the unit's input FIFO, which takes it CreditPipeline.FIFO_LATENCY
+    # cycles to offer, and the unit's write port one or two more.
+    GATE_TAIL = 8
 
     def __init__(self, config: TopConfig, gate_idle_units: bool = False):
         self._config = config
@@ -353,19 +354,26 @@ class Accelerator(Component):
             m.d.sync += [out_left.eq(out_left - 1), out_open.eq(out_left != 1)]
         out_ready = results.ready & busy & out_open
 
-        for uid, port in param_ports.items():
-            m.d.comb += port.payload.eq(self.din.payload[:port.payload.shape().size])
-        for unit in units.values():
-            m.d.comb += unit.inp.payload.eq(self.din.payload[:unit.inp.payload.shape().size])
+        # Every unit's inputs (data and params) come from din, and its results go to the dout
+        # multiplexer, each through a FIFO of its own whose input is a register (a credit pipeline
+        # without stages): the side that offers sees a `ready` that is a register (the FIFO's
+        # room), and the long routes between the host link and the units run between registers.
+        # From din to the units, `ready` had passed through the route multiplexer to din's ready
+        # and the weight buffer's write enable.
+        def through_fifo(source, sink, name):
+            pipe = CreditPipeline(m, source, sink, 0, name)
+            m.d.comb += pipe.result.eq(source.payload)
 
-        # Each result source reaches the dout multiplexer through a FIFO of its own (a credit
-        # pipeline without stages), so a unit's output FIFO sees a `ready` that is a register
-        # beside it, and the long route to the multiplexer runs between registers.
         def staged(source, name):
             out = stream.Signature(source.payload.shape()).create(path=(name,))
-            pipe = CreditPipeline(m, source, out, 0, name)
-            m.d.comb += pipe.result.eq(source.payload)
+            through_fifo(source, out, name)
             return out
+
+        def fed(sink, name):
+            source = stream.Signature(sink.payload.shape()).create(path=(name,))
+            through_fifo(source, sink, name)
+            m.d.comb += source.payload.eq(self.din.payload[:sink.payload.shape().size])
+            return source
 
         # The routes are exclusive, so each destination's If stands alone.
         # The weight write enable is built from registers alone, not from `din_fire`: that carries
@@ -375,13 +383,15 @@ class Accelerator(Component):
         with m.If(route_load_weight):
             m.d.comb += din_ready.eq(take)
         for uid, port in param_ports.items():
+            feed = fed(port, f"{uid.name.lower()}_params_in")
             with m.If(route_params[uid]):
-                m.d.comb += [din_ready.eq(take & port.ready), port.valid.eq(self.din.valid & take)]
+                m.d.comb += [din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take)]
         for uid, unit in units.items():
+            feed = fed(unit.inp, f"{uid.name.lower()}_in")
             out = staged(unit.out, f"{uid.name.lower()}_out")
             with m.If(route_stream[uid]):
                 m.d.comb += [
-                    din_ready.eq(take & unit.inp.ready), unit.inp.valid.eq(self.din.valid & take),
+                    din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take),
                     dout_valid.eq(out.valid), out.ready.eq(out_ready), dout_payload.eq(out.payload.as_value()),
                 ]
         gelu_out = staged(gelu.out, "gelu_out")

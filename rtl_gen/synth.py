@@ -19,7 +19,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from fqvit.cli import add_report_arguments, guarded, number, report_paths
+from fqvit.cli import add_report_arguments, arg_type, guarded, number, report_paths
 from rtl_gen import _units, config_class, generate_unit, target_platform, unit_names
 
 __all__ = ["DEVICE", "SPEED_GRADE", "DEFAULT_OUT", "DEFAULT_JSON", "synthesize", "shell_netlist", "nextpnr",
@@ -230,6 +230,9 @@ def main(argv=None) -> int:
     add_report_arguments(p, DEFAULT_OUT)
     p.add_argument("--unit", action="append", choices=unit_names(),
                    help="only these units; the other rows of --json are kept (default: all)")
+    p.add_argument("--array", action="append", type=arg_type(_array),
+                   help="only the systolic array and the top of this size, RxC (default: 8x8 and 12x12); the "
+                        "other rows of --json are kept")
     p.add_argument("--seeds", type=number(int, 1, 10), default=3,
                    help="nextpnr seeds 1..N per design; the page shows seed 1 and the best (default 3)")
     p.add_argument("--jobs", type=number(int, 1), default=os.cpu_count() or 1,
@@ -237,6 +240,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     report_paths(p, args)
     return guarded(lambda: run(args))
+
+
+def _array(text: str) -> tuple[int, int]:
+    from hw.systolic import parse_array
+
+    return parse_array(text)
+
+
+def _chosen(unit: str, config, args) -> bool:
+    """Whether `--unit` and `--array` select the design `unit` at `config`."""
+    array = (config.rows, config.cols) if unit in ("systolic", "top") else None
+    return (not args.unit or unit in args.unit) and (not args.array or array is None or array in args.array)
 
 
 def _synthesize_both(unit: str, config, folder: str) -> tuple[dict, Path]:
@@ -247,7 +262,12 @@ def run(args) -> int:
     if args.from_json:
         args.out.write_text(markdown(json.loads(args.json.read_text())))
         return 0
-    chosen = [(unit, config) for unit, config in targets() if not args.unit or unit in args.unit]
+    chosen = [(unit, config) for unit, config in targets() if _chosen(unit, config, args)]
+    if not chosen:
+        sizes = " or ".join(f"{r}x{c}" for r, c in args.array)
+        print(f"error: docs/synthesis.md has no {' or '.join(args.unit or ['design'])} of array {sizes} "
+              "(its arrays: 8x8 and 12x12)", file=sys.stderr)
+        return 2
     print(f"synthesizing {len(chosen)} designs, then placing and routing each with {args.seeds} seeds, "
           f"{args.jobs} tool runs at a time ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -275,7 +295,7 @@ def run(args) -> int:
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    if args.unit and args.json.is_file():  # keep the rows of the designs not run this time
+    if (args.unit or args.array) and args.json.is_file():  # keep the rows of the designs not run this time
         fresh = {row["top"] for row in rows}
         rows = [row for row in json.loads(args.json.read_text()) if row["top"] not in fresh] + rows
         names = [config.name for _, config in targets()]

@@ -73,6 +73,8 @@ def test_help_and_usage_errors_do_not_need_torch(cli):
     ("rtl_gen", ["--cols", "33"], "--cols: must be an integer in 1..32, got 33"),
     ("rtl_gen.synth", ["--jobs", "0"], "--jobs: must be an integer >= 1, got 0"),
     ("rtl_gen.synth", ["--seeds", "0"], "--seeds: must be an integer in 1..10, got 0"),
+    ("rtl_gen.synth", ["--array", "8by8"], "--array: array must be RxC"),
+    ("rtl_gen.synth", ["--unit", "top", "--array", "4x4"], "docs/synthesis.md has no top of array 4x4"),
 ])
 def test_numeric_options_are_validated_before_any_work(cli, argv, message):
     proc = without_torch(cli, *argv)

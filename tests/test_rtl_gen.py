@@ -105,6 +105,20 @@ def test_synthesis_page_shows_fixed_seed_best_seed_and_device_use():
     assert "| `fqvit_top_8x8_x` | 8364 / 83640 (10 %) | - | 78 / 156 (50 %) | - | - |" in page
 
 
+def test_synthesis_runs_choose_designs_by_unit_and_array():
+    from argparse import Namespace
+
+    from rtl_gen.synth import _chosen, targets
+
+    def chosen(unit=None, array=None):
+        return [(u, getattr(c, "rows", None)) for u, c in targets() if _chosen(u, c, Namespace(unit=unit, array=array))]
+
+    assert len(chosen()) == len(targets())
+    assert ("top", 12) not in chosen(array=[(8, 8)]) and ("top", 8) in chosen(array=[(8, 8)])
+    assert ("gelu", None) in chosen(array=[(8, 8)])  # a unit without an array is not filtered by it
+    assert chosen(unit=["systolic"], array=[(12, 12)]) == [("systolic", 12)]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--json", "r.json"], "--json needs --synth ecp5"),
     (["--all", "--synth", "ecp5"], "--synth takes one --unit"),
