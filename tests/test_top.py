@@ -145,6 +145,43 @@ def test_linear_program_accounting(tmp_path):
     assert prog.array_beats == 3 * (3 * 48) + 3 * 48
 
 
+def run_on_pysim(dut, cmds: list[int], din: list[int], out_words: int, seed: int, p_din: float, p_ready: float,
+                 check=lambda ctx: None) -> list[tuple[int, int]]:
+    """A program through the top in Amaranth's simulator, a host with random gaps in the data
+    (`p_din`: chance a word is offered) and random back-pressure (`p_ready`); `check(ctx)` every
+    cycle. Returns the result words with the cycle each was taken in."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    rng, got = random.Random(seed), []
+
+    async def bench(ctx):
+        c = d = cycle = idle = 0
+        while len(got) < out_words:
+            assert idle < 2000, f"no progress: {len(got)} of {out_words} words"
+            ctx.set(dut.cmd.valid, c < len(cmds))
+            ctx.set(dut.cmd.payload.as_value(), cmds[c] if c < len(cmds) else 0)
+            ctx.set(dut.din.valid, d < len(din) and rng.random() < p_din)
+            ctx.set(dut.din.payload, din[d] if d < len(din) else 0)
+            ctx.set(dut.dout.ready, rng.random() < p_ready)
+            check(ctx)
+            c += ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready)
+            d += ctx.get(dut.din.valid) and ctx.get(dut.din.ready)
+            idle += 1
+            if ctx.get(dut.dout.valid) and ctx.get(dut.dout.ready):
+                got.append((cycle, ctx.get(dut.dout.payload)))
+                idle = 0
+            cycle += 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
 @pytest.mark.parametrize("rows,cols", [(2, 3), (1, 2)], ids=["2x3", "1x2"])
 def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeypatch):
     """The MATMUL issue feeds the array without a handshake, applying the array's own rules for a
@@ -152,10 +189,6 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
     simulator, with the host taking results at random (the array's result FIFO fills up), the
     array's `ready` is high whenever a beat reaches it, and the results equal those of a run
     whose host takes every word at once (R = 1: tiles end back to back)."""
-    import random
-
-    from amaranth.sim import Simulator
-
     import hw.top
 
     arrays = []
@@ -176,32 +209,14 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
     cmds = compiler.encode_commands(prog.commands)
 
     def run(p_ready: float) -> list[int]:
-        dut, rng, got = Accelerator(cfg), random.Random(rows), []
+        dut = Accelerator(cfg)
         arrays.clear()
 
-        async def bench(ctx):
-            array, c, d, stalled = arrays[0], 0, 0, 0
-            while len(got) < prog.out_words:
-                assert stalled < 2000, f"no progress: {len(got)} of {prog.out_words} words"
-                ctx.set(dut.cmd.valid, c < len(cmds))
-                ctx.set(dut.cmd.payload.as_value(), cmds[c] if c < len(cmds) else 0)
-                ctx.set(dut.din.valid, d < len(prog.din))
-                ctx.set(dut.din.payload, prog.din[d] if d < len(prog.din) else 0)
-                ctx.set(dut.dout.ready, rng.random() < p_ready)
-                assert not ctx.get(array.operands.valid) or ctx.get(array.operands.ready)
-                c += ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready)
-                d += ctx.get(dut.din.valid) and ctx.get(dut.din.ready)
-                if ctx.get(dut.dout.valid) and ctx.get(dut.dout.ready):
-                    got.append(ctx.get(dut.dout.payload))
-                    stalled = 0
-                stalled += 1
-                await ctx.tick()
+        def check(ctx):
+            array = arrays[0]
+            assert not ctx.get(array.operands.valid) or ctx.get(array.operands.ready)
 
-        sim = Simulator(dut)
-        sim.add_clock(1e-6)
-        sim.add_testbench(bench)
-        sim.run()
-        return got
+        return [word for _, word in run_on_pysim(dut, cmds, prog.din, prog.out_words, rows, 1.0, p_ready, check)]
 
     assert run(0.05) == run(1.0)
 
@@ -212,10 +227,6 @@ def test_gated_unit_clocks_change_no_result_and_no_cycle():
     simulator, a program of params, weight loads, MATMULs and a residual add, with gaps in the
     data and random back-pressure on the results, gives the same words in the same cycles as on
     the ungated top."""
-    import random
-
-    from amaranth.sim import Simulator
-
     cfg = TopConfig(2, 3, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, softmax_rule="nearest")
     gen = torch.Generator().manual_seed(1)
     compiler = Compiler(cfg)
@@ -228,28 +239,6 @@ def test_gated_unit_clocks_change_no_result_and_no_cycle():
     out_words = sum(p.out_words for p in progs)
 
     def run(gated: bool) -> list[tuple[int, int]]:
-        dut, rng, got = Accelerator(cfg, gate_idle_units=gated), random.Random(0), []
-
-        async def bench(ctx):
-            c = d = cycle = 0
-            while len(got) < out_words:
-                assert cycle < 20_000, f"no progress: {len(got)} of {out_words} words"
-                ctx.set(dut.cmd.valid, c < len(cmds))
-                ctx.set(dut.cmd.payload.as_value(), cmds[c] if c < len(cmds) else 0)
-                ctx.set(dut.din.valid, d < len(din) and rng.random() < 0.7)
-                ctx.set(dut.din.payload, din[d] if d < len(din) else 0)
-                ctx.set(dut.dout.ready, rng.random() < 0.3)
-                c += ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready)
-                d += ctx.get(dut.din.valid) and ctx.get(dut.din.ready)
-                if ctx.get(dut.dout.valid) and ctx.get(dut.dout.ready):
-                    got.append((cycle, ctx.get(dut.dout.payload)))
-                cycle += 1
-                await ctx.tick()
-
-        sim = Simulator(dut)
-        sim.add_clock(1e-6)
-        sim.add_testbench(bench)
-        sim.run()
-        return got
+        return run_on_pysim(Accelerator(cfg, gate_idle_units=gated), cmds, din, out_words, 0, 0.7, 0.3)
 
     assert run(gated=True) == run(gated=False)
