@@ -359,19 +359,25 @@ class Accelerator(Component):
         # without stages): the side that offers sees a `ready` that is a register (the FIFO's
         # room), and the long routes between the host link and the units run between registers.
         # From din to the units, `ready` had passed through the route multiplexer to din's ready
-        # and the weight buffer's write enable.
-        def through_fifo(source, sink, name):
-            pipe = CreditPipeline(m, source, sink, 0, name)
-            m.d.comb += pipe.result.eq(source.payload)
+        # and the weight buffer's write enable. A unit and its FIFOs form a block, a module of its
+        # own (the simulation build clocks a block only while it is in use, `_gate_clocks`).
+        blocks = {"array": array, "requant": requant, "gelu": gelu, **{uid.name.lower(): unit for uid, unit in units.items()}}
+        for name, unit in list(blocks.items()):
+            blocks[name] = Module()
+            blocks[name].submodules[name] = unit
 
-        def staged(source, name):
+        def through_fifo(source, sink, name, block):
+            pipe = CreditPipeline(block, source, sink, 0, name)
+            block.d.comb += pipe.result.eq(source.payload)
+
+        def staged(source, name, block):
             out = stream.Signature(source.payload.shape()).create(path=(name,))
-            through_fifo(source, out, name)
+            through_fifo(source, out, name, block)
             return out
 
-        def fed(sink, name):
+        def fed(sink, name, block):
             source = stream.Signature(sink.payload.shape()).create(path=(name,))
-            through_fifo(source, sink, name)
+            through_fifo(source, sink, name, block)
             m.d.comb += source.payload.eq(self.din.payload[:sink.payload.shape().size])
             return source
 
@@ -383,18 +389,18 @@ class Accelerator(Component):
         with m.If(route_load_weight):
             m.d.comb += din_ready.eq(take)
         for uid, port in param_ports.items():
-            feed = fed(port, f"{uid.name.lower()}_params_in")
+            feed = fed(port, f"{uid.name.lower()}_params_in", blocks[uid.name.lower()])
             with m.If(route_params[uid]):
                 m.d.comb += [din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take)]
         for uid, unit in units.items():
-            feed = fed(unit.inp, f"{uid.name.lower()}_in")
-            out = staged(unit.out, f"{uid.name.lower()}_out")
+            feed = fed(unit.inp, f"{uid.name.lower()}_in", blocks[uid.name.lower()])
+            out = staged(unit.out, f"{uid.name.lower()}_out", blocks[uid.name.lower()])
             with m.If(route_stream[uid]):
                 m.d.comb += [
                     din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take),
                     dout_valid.eq(out.valid), out.ready.eq(out_ready), dout_payload.eq(out.payload.as_value()),
                 ]
-        gelu_out = staged(gelu.out, "gelu_out")
+        gelu_out = staged(gelu.out, "gelu_out", blocks["gelu"])
         with m.If(route_matmul):
             m.d.comb += [dout_valid.eq(gelu_out.valid), gelu_out.ready.eq(out_ready)]
 
@@ -465,25 +471,24 @@ class Accelerator(Component):
         # routed to it.
         def used(*routes):
             return busy & functools.reduce(lambda a, b: a | b, routes)
-        clocked = {"array": (array, used(route_matmul)),
-                   "requant": (requant, used(route_matmul, route_params[UnitId.REQUANT])),
-                   "gelu": (gelu, used(route_matmul, route_params[UnitId.GELU]))}
-        for uid, unit in units.items():
-            clocked[uid.name.lower()] = (unit, used(route_stream[uid], *([route_params[uid]] if uid in route_params else [])))
+        in_use = {"array": used(route_matmul), "requant": used(route_matmul, route_params[UnitId.REQUANT]),
+                  "gelu": used(route_matmul, route_params[UnitId.GELU]),
+                  **{uid.name.lower(): used(route_stream[uid], *([route_params[uid]] if uid in route_params else []))
+                     for uid in units}}
         if self._gate_idle_units:
-            self._gate_clocks(m, clocked)
+            self._gate_clocks(m, {name: (block, in_use[name]) for name, block in blocks.items()})
         else:
-            for name, (unit, _) in clocked.items():
-                m.submodules[name] = unit
+            for name, block in blocks.items():
+                m.submodules[name] = block
         return m
 
     def _gate_clocks(self, m: Module, clocked: dict) -> None:
-        """Each of `clocked` (name: (unit, in use)) in a domain of its own, clocked while it is in
+        """Each of `clocked` (name: (block, in use)) in a domain of its own, clocked while it is in
         use and GATE_TAIL cycles after. The enable is latched while ``clk`` is low, so the gated
         clock has no glitch and its rising edges are ``clk``'s."""
         m.domains.gate_latch = latch_domain = ClockDomain(clk_edge="neg", local=True)
         m.d.comb += [latch_domain.clk.eq(ClockSignal()), latch_domain.rst.eq(ResetSignal())]
-        for name, (unit, in_use) in clocked.items():
+        for name, (block, in_use) in clocked.items():
             tail = Signal(range(self.GATE_TAIL + 1), name=f"{name}_gate_tail")
             m.d.sync += tail.eq(Mux(in_use, self.GATE_TAIL, Mux(tail == 0, 0, tail - 1)))
             enable = Signal(name=f"{name}_gate_enable")
@@ -491,4 +496,4 @@ class Accelerator(Component):
             domain = ClockDomain(f"{name}_gated", local=True)
             m.domains += domain
             m.d.comb += [domain.clk.eq(ClockSignal() & enable), domain.rst.eq(ResetSignal())]
-            m.submodules[name] = DomainRenamer(domain.name)(unit)
+            m.submodules[name] = DomainRenamer(domain.name)(block)
