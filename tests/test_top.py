@@ -242,3 +242,25 @@ def test_gated_unit_clocks_change_no_result_and_no_cycle():
         return run_on_pysim(Accelerator(cfg, gate_idle_units=gated), cmds, din, out_words, 0, 0.7, 0.3)
 
     assert run(gated=True) == run(gated=False)
+
+
+def test_the_sim_backends_top_verilog_is_generated_once_per_source_config_and_target(monkeypatch, tmp_path):
+    """sw.driver.top_verilog caches the generated top: a second run with nothing changed reads it
+    back, while another configuration, another target or an edited generator source generates anew."""
+    monkeypatch.setenv("FQVIT_CACHE_DIR", str(tmp_path / "cache"))
+    package = tmp_path / "src" / "fake_generator"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.setattr(driver, "_GENERATOR_PACKAGES", (*driver._GENERATOR_PACKAGES, "fake_generator"))
+    generated = []
+    real_generate = driver.generate
+    monkeypatch.setattr(driver, "generate", lambda *args: generated.append(args[3]) or real_generate(*args))
+    small = TopConfig(2, 2, act_kib=1, weight_kib=1, max_channels=16, max_keys=16)
+    first = driver.top_verilog(small, "generic")
+    assert driver.top_verilog(small, "generic") == first and generated == ["generic"]
+    assert "gated_clk" in first  # the simulation build gates idle units' clocks
+    assert "gated_clk" not in driver.top_verilog(small, "ecp5") and generated == ["generic", "ecp5"]
+    driver.top_verilog(dataclasses.replace(small, max_keys=32), "generic")
+    (package / "__init__.py").write_text("X = 2\n")
+    assert driver.top_verilog(small, "generic") == first and len(generated) == 4
