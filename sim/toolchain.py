@@ -128,6 +128,11 @@ class Build:
     def verilog(self) -> Path:
         return self.directory / f"{self.toplevel}.v"
 
+    @property
+    def executable(self) -> Path:
+        """The compiled model (for a build with its own main loop, the program to run)."""
+        return self.directory / self.toplevel
+
     def prune(self) -> None:
         """Delete what only compiling needed (C++ sources, objects and, for a design of several C++
         files such as the top, two precompiled headers: most of a build's size), keeping the

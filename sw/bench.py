@@ -82,13 +82,9 @@ def run_gemms(shapes, console) -> list[dict]:
 def baseline_build(cfg):
     """The top without gated unit clocks (what rtl_gen generates), on the same harness process and
     build flags as sw/driver.build_sim's; it runs the same programs in the same cycles."""
-    from hw.top import Accelerator
-    from rtl_gen import generate
-    from sim import toolchain
-    from sim.host import HOST_MAIN, harness_name, harness_verilog
+    from sw import driver
 
-    top = generate(Accelerator(cfg), "top", cfg.timing())
-    return toolchain.build(harness_verilog(cfg, top.verilog), harness_name(cfg), main=HOST_MAIN)
+    return driver.build_sim(cfg, gated=False)
 
 
 def model_run(model: str, images: int, layers: int | None, build=None) -> dict:

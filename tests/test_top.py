@@ -257,10 +257,10 @@ def test_the_sim_backends_top_verilog_is_generated_once_per_source_config_and_ta
     real_generate = driver.generate
     monkeypatch.setattr(driver, "generate", lambda *args: generated.append(args[3]) or real_generate(*args))
     small = TopConfig(2, 2, act_kib=1, weight_kib=1, max_channels=16, max_keys=16)
-    first = driver.top_verilog(small, "generic")
-    assert driver.top_verilog(small, "generic") == first and generated == ["generic"]
+    first = driver.top_verilog(small, "generic", True)
+    assert driver.top_verilog(small, "generic", True) == first and generated == ["generic"]
     assert "gated_clk" in first  # the simulation build gates idle units' clocks
-    assert "gated_clk" not in driver.top_verilog(small, "ecp5") and generated == ["generic", "ecp5"]
-    driver.top_verilog(dataclasses.replace(small, max_keys=32), "generic")
+    assert "gated_clk" not in driver.top_verilog(small, "ecp5", False) and generated == ["generic", "ecp5"]
+    driver.top_verilog(dataclasses.replace(small, max_keys=32), "generic", True)
     (package / "__init__.py").write_text("X = 2\n")
-    assert driver.top_verilog(small, "generic") == first and len(generated) == 4
+    assert driver.top_verilog(small, "generic", True) == first and len(generated) == 4
