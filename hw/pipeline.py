@@ -6,16 +6,18 @@ a chain of registers that all advance on one enable, moving when the output is e
 taken (``en = ~out.valid | out.ready``), with the input ready exactly then; memory read ports
 inside it take ``en`` so their data holds during a stall. Both stream one beat per cycle and drop
 nothing under back-pressure; the stall-together form costs no FIFO but its enable reaches every
-register, so it is kept for short, narrow stages.
+register, so it is kept for short, narrow stages. ``CreditLink``: a FIFO in one module that another
+writes over long wires, its room counted where the writer is.
 """
 
 import copy
 
 from amaranth import Module, Mux, Signal, Value
+from amaranth.utils import bits_for
 
 from .fifo import LutRamFifo
 
-__all__ = ["StallPipeline", "CreditPipeline", "delayed"]
+__all__ = ["StallPipeline", "CreditPipeline", "CreditLink", "delayed"]
 
 
 def delayed(m: Module, value, cycles: int, name: str):
@@ -134,3 +136,36 @@ class CreditPipeline(_Pipeline):
         r = Signal(shape, name=name)
         self.m.d.sync += r.eq(value)
         return r
+
+
+class CreditLink:
+    """A LutRamFifo of DEPTH entries in `receiver` feeding stream `sink`, written from `sender`:
+    `payload` enters it in every cycle the sender drives `send`, which it may only do while `room`.
+
+    Why: a FIFO whose room is a register beside it (a CreditPipeline) is far from a writer that
+    feeds many such FIFOs, and the writer's handshake then ORs their far registers together (the
+    top's din ready through its route multiplexer to its word counters: 7 LUT levels and 8.9 ns of
+    routing, the 8x8 top's critical path at 88.5 MHz). Here `room` is a register in `sender`,
+    computed from the words sent and a copy of the receiver's count of words read (wrap-around
+    counters); the copy lags by a cycle, so `room` is conservative, and DEPTH covers the round trip
+    (about five cycles) so a stream still moves one word per cycle. DEPTH = 16 costs no more LUT
+    RAM than a 4-entry FIFO (TRELLIS_DPR16X4 is 16 deep).
+
+    The receiver's count is a register of its own domain, so it stays right where that domain's
+    clock is gated (Accelerator's simulation build): a count held still reads as no more reads.
+    """
+
+    DEPTH = 16
+
+    def __init__(self, sender: Module, receiver: Module, sink, payload, name: str):
+        bits = bits_for(self.DEPTH)  # the counters' difference runs over 0..DEPTH
+        receiver.submodules[f"{name}_fifo"] = fifo = LutRamFifo(sink.payload.shape(), self.DEPTH)
+        read = Signal(bits, name=f"{name}_read")
+        read_seen, sent = Signal(bits, name=f"{name}_read_seen"), Signal(bits, name=f"{name}_sent")
+        self.send, self.room = Signal(name=f"{name}_send"), Signal(init=1, name=f"{name}_room")
+        receiver.d.comb += [sink.valid.eq(fifo.r.valid), sink.payload.eq(fifo.r.payload), fifo.r.ready.eq(sink.ready)]
+        receiver.d.sync += read.eq(read + (fifo.r.valid & fifo.r.ready))
+        sent_next = (sent + self.send)[:bits]
+        sender.d.comb += [fifo.w.valid.eq(self.send), fifo.w.payload.eq(payload)]
+        sender.d.sync += [read_seen.eq(read), sent.eq(sent_next),
+                          self.room.eq((sent_next - read_seen)[:bits] != self.DEPTH)]

@@ -42,7 +42,7 @@ from .config import check_int
 from .dsp import dsp_blocks
 from .gelu import Gelu, GeluConfig
 from .layernorm import LayerNormConfig, LayerNormUnit
-from .pipeline import CreditPipeline, delayed
+from .pipeline import CreditLink, CreditPipeline, delayed
 from .requant import Requantizer, RequantConfig
 from .residual import ResidualAdder, ResidualConfig
 from .softmax import LisSoftmax, SoftmaxConfig
@@ -354,32 +354,28 @@ class Accelerator(Component):
             m.d.sync += [out_left.eq(out_left - 1), out_open.eq(out_left != 1)]
         out_ready = results.ready & busy & out_open
 
-        # Every unit's inputs (data and params) come from din, and its results go to the dout
-        # multiplexer, each through a FIFO of its own whose input is a register (a credit pipeline
-        # without stages): the side that offers sees a `ready` that is a register (the FIFO's
-        # room), and the long routes between the host link and the units run between registers.
-        # From din to the units, `ready` had passed through the route multiplexer to din's ready
-        # and the weight buffer's write enable. A unit and its FIFOs form a block, a module of its
-        # own (the simulation build clocks a block only while it is in use, `_gate_clocks`).
+        # Every unit's inputs (data and params) come from din through a FIFO beside the unit, and
+        # its results go to the dout multiplexer through a FIFO here, each counted at its writer
+        # (CreditLink): din's ready is a multiplexer of registers here, a unit's result ready is a
+        # register in its block, and the long routes between the host link and the units run from
+        # register to register. A unit and its input FIFOs form a block, a module of its own (the
+        # simulation build clocks a block only while it is in use, `_gate_clocks`).
         blocks = {"array": array, "requant": requant, "gelu": gelu, **{uid.name.lower(): unit for uid, unit in units.items()}}
         for name, unit in list(blocks.items()):
             blocks[name] = Module()
             blocks[name].submodules[name] = unit
 
-        def through_fifo(source, sink, name, block):
-            pipe = CreditPipeline(block, source, sink, 0, name)
-            block.d.comb += pipe.result.eq(source.payload)
-
         def staged(source, name, block):
             out = stream.Signature(source.payload.shape()).create(path=(name,))
-            through_fifo(source, out, name, block)
+            link = CreditLink(block, m, out, source.payload, name)
+            block.d.comb += [source.ready.eq(link.room), link.send.eq(source.valid & link.room)]
             return out
 
-        def fed(sink, name, block):
-            source = stream.Signature(sink.payload.shape()).create(path=(name,))
-            through_fifo(source, sink, name, block)
-            m.d.comb += source.payload.eq(self.din.payload[:sink.payload.shape().size])
-            return source
+        def fed(sink, name, block, route):
+            link = CreditLink(m, block, sink, self.din.payload[:sink.payload.shape().size], name)
+            m.d.comb += link.send.eq(self.din.valid & take & route & link.room)
+            with m.If(route):
+                m.d.comb += din_ready.eq(take & link.room)
 
         # The routes are exclusive, so each destination's If stands alone.
         # The weight write enable is built from registers alone, not from `din_fire`: that carries
@@ -389,17 +385,12 @@ class Accelerator(Component):
         with m.If(route_load_weight):
             m.d.comb += din_ready.eq(take)
         for uid, port in param_ports.items():
-            feed = fed(port, f"{uid.name.lower()}_params_in", blocks[uid.name.lower()])
-            with m.If(route_params[uid]):
-                m.d.comb += [din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take)]
+            fed(port, f"{uid.name.lower()}_params_in", blocks[uid.name.lower()], route_params[uid])
         for uid, unit in units.items():
-            feed = fed(unit.inp, f"{uid.name.lower()}_in", blocks[uid.name.lower()])
+            fed(unit.inp, f"{uid.name.lower()}_in", blocks[uid.name.lower()], route_stream[uid])
             out = staged(unit.out, f"{uid.name.lower()}_out", blocks[uid.name.lower()])
             with m.If(route_stream[uid]):
-                m.d.comb += [
-                    din_ready.eq(take & feed.ready), feed.valid.eq(self.din.valid & take),
-                    dout_valid.eq(out.valid), out.ready.eq(out_ready), dout_payload.eq(out.payload.as_value()),
-                ]
+                m.d.comb += [dout_valid.eq(out.valid), out.ready.eq(out_ready), dout_payload.eq(out.payload.as_value())]
         gelu_out = staged(gelu.out, "gelu_out", blocks["gelu"])
         with m.If(route_matmul):
             m.d.comb += [dout_valid.eq(gelu_out.valid), gelu_out.ready.eq(out_ready)]
