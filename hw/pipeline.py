@@ -140,7 +140,7 @@ class CreditPipeline(_Pipeline):
 
 class CreditLink:
     """A LutRamFifo of DEPTH entries in `receiver` feeding stream `sink`, written from `sender`:
-    `payload` enters it in every cycle the sender drives `send`, which it may only do while `room`.
+    `payload` enters it in every cycle the sender drives `offer` while `room` (the sender's ready).
 
     Why: a FIFO whose room is a register beside it (a CreditPipeline) is far from a writer that
     feeds many such FIFOs, and the writer's handshake then ORs their far registers together (the
@@ -162,10 +162,11 @@ class CreditLink:
         receiver.submodules[f"{name}_fifo"] = fifo = LutRamFifo(sink.payload.shape(), self.DEPTH)
         read = Signal(bits, name=f"{name}_read")
         read_seen, sent = Signal(bits, name=f"{name}_read_seen"), Signal(bits, name=f"{name}_sent")
-        self.send, self.room = Signal(name=f"{name}_send"), Signal(init=1, name=f"{name}_room")
+        self.offer, self.room = Signal(name=f"{name}_offer"), Signal(init=1, name=f"{name}_room")
+        send = self.offer & self.room
         receiver.d.comb += [sink.valid.eq(fifo.r.valid), sink.payload.eq(fifo.r.payload), fifo.r.ready.eq(sink.ready)]
         receiver.d.sync += read.eq(read + (fifo.r.valid & fifo.r.ready))
-        sent_next = (sent + self.send)[:bits]
-        sender.d.comb += [fifo.w.valid.eq(self.send), fifo.w.payload.eq(payload)]
+        sent_next = (sent + send)[:bits]
+        sender.d.comb += [fifo.w.valid.eq(send), fifo.w.payload.eq(payload)]
         sender.d.sync += [read_seen.eq(read), sent.eq(sent_next),
                           self.room.eq((sent_next - read_seen)[:bits] != self.DEPTH)]

@@ -368,12 +368,12 @@ class Accelerator(Component):
         def staged(source, name, block):
             out = stream.Signature(source.payload.shape()).create(path=(name,))
             link = CreditLink(block, m, out, source.payload, name)
-            block.d.comb += [source.ready.eq(link.room), link.send.eq(source.valid & link.room)]
+            block.d.comb += [source.ready.eq(link.room), link.offer.eq(source.valid)]
             return out
 
         def fed(sink, name, block, route):
             link = CreditLink(m, block, sink, self.din.payload[:sink.payload.shape().size], name)
-            m.d.comb += link.send.eq(self.din.valid & take & route & link.room)
+            m.d.comb += link.offer.eq(self.din.valid & take & route)
             with m.If(route):
                 m.d.comb += din_ready.eq(take & link.room)
 

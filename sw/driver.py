@@ -8,11 +8,14 @@
     compare(...)   every traced intermediate of a backend against the reference, bit for bit
 """
 
+import hashlib
+import importlib
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ import torch
 from calib.export import IntModel
 from calib.intref import swin, vit
 from calib.intref.blocks import REF
+from fqvit import cache
 from hw.top import Accelerator, TopConfig
 from rtl_gen import generate
 from sim import toolchain
@@ -110,12 +114,6 @@ def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
     the ``rtl`` part under a hash of the configuration, the target, the gating and everything it is
     generated from (the sources of `_GENERATOR_PACKAGES`, the versions of Amaranth and its yosys):
     generating the 8x8 top takes about 10 s, a cached Verilator build a few milliseconds to find."""
-    import hashlib
-    import importlib
-    from importlib.metadata import version
-
-    from fqvit import cache
-
     digest = hashlib.sha256(json.dumps([cfg.to_dict(), target, gated, [version(d) for d in _GENERATOR_DISTRIBUTIONS]]).encode())
     for package in _GENERATOR_PACKAGES:
         root = Path(importlib.import_module(package).__file__).parent

@@ -16,7 +16,7 @@ WORDS = [_rng.randrange(1 << 12) for _ in range(200)]
 
 
 class Linked(wiring.Component):
-    """`inp` offered to a CreditLink's sender while it has room; the receiver's FIFO drives `out`."""
+    """`inp` offered to a CreditLink's sender, ready while it has room; the receiver's FIFO drives `out`."""
 
     inp: In(stream.Signature(unsigned(12)))
     out: Out(stream.Signature(unsigned(12)))
@@ -25,7 +25,7 @@ class Linked(wiring.Component):
         m, receiver = Module(), Module()
         m.submodules.receiver = receiver
         link = CreditLink(m, receiver, self.out, self.inp.payload, "link")
-        m.d.comb += [self.inp.ready.eq(link.room), link.send.eq(self.inp.valid & link.room)]
+        m.d.comb += [self.inp.ready.eq(link.room), link.offer.eq(self.inp.valid)]
         return m
 
 
