@@ -24,8 +24,8 @@ SLICE_BITS = 36  # nine 16x4 LUT-RAM cells per 16 entries
 class _Slice(wiring.Component):
     """One slice: a registered write into LUT RAM, read asynchronously at the read pointer."""
 
-    def __init__(self, width: int, depth: int):
-        self._depth = depth
+    def __init__(self, width: int, depth: int, zero_empty: bool):
+        self._depth, self._zero_empty = depth, zero_empty
         super().__init__({"w_valid": In(1), "w_data": In(width),
                           "r_valid": Out(1), "r_ready": In(1), "r_data": Out(width)})
 
@@ -48,7 +48,8 @@ class _Slice(wiring.Component):
         level_next = level + write - read
         r_valid = Signal()
         m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(data_r), wp.en.eq(write),
-                     rp.addr.eq(r_ptr), self.r_data.eq(rp.data), self.r_valid.eq(r_valid)]
+                     rp.addr.eq(r_ptr), self.r_valid.eq(r_valid),
+                     self.r_data.eq(Mux(r_valid, rp.data, 0) if self._zero_empty else rp.data)]
         m.d.sync += [level.eq(level_next), r_valid.eq(level_next != 0)]
         with m.If(write):
             m.d.sync += w_ptr.eq(next_ptr(w_ptr))
@@ -63,14 +64,18 @@ class LutRamFifo(wiring.Component):
     ``w`` has no ``ready`` gate: the writer offers a beat only when it knows there is room, as
     the credit-counting writers here do (a beat offered without room overwrites the oldest
     entry). ``w.ready`` is therefore constant 1 and only there to make ``w`` a stream.
+
+    With `zero_empty`, ``r.payload`` is 0 while ``r.valid`` is low (each slice ANDs its own
+    ``r_valid`` register into its bits), so FIFOs of which at most one holds data at a time can
+    share a reader through an OR of their outputs, with no select net reaching every bit.
     """
 
     LATENCY = 2  # the input register, then the RAM write; the entry is read asynchronously
 
-    def __init__(self, shape, depth: int):
+    def __init__(self, shape, depth: int, zero_empty: bool = False):
         if depth < 1:
             raise ValueError(f"LutRamFifo depth must be at least 1, got {depth}")
-        self._width, self._depth = Shape.cast(shape).width, depth
+        self._width, self._depth, self._zero_empty = Shape.cast(shape).width, depth, zero_empty
         super().__init__({"w": In(stream.Signature(shape)), "r": Out(stream.Signature(shape))})
 
     def elaborate(self, platform):
@@ -79,7 +84,7 @@ class LutRamFifo(wiring.Component):
         slices = []
         for i, lo in enumerate(range(0, self._width, SLICE_BITS)):
             hi = min(lo + SLICE_BITS, self._width)
-            m.submodules[f"slice_{i}"] = s = _Slice(hi - lo, self._depth)
+            m.submodules[f"slice_{i}"] = s = _Slice(hi - lo, self._depth, self._zero_empty)
             m.d.comb += [s.w_valid.eq(self.w.valid), s.w_data.eq(w_bits[lo:hi]), s.r_ready.eq(self.r.ready),
                          r_bits[lo:hi].eq(s.r_data)]
             slices.append(s)

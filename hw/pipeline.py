@@ -140,7 +140,8 @@ class CreditPipeline(_Pipeline):
 
 class CreditLink:
     """A LutRamFifo of DEPTH entries in `receiver` feeding stream `sink`, written from `sender`:
-    `payload` enters it in every cycle the sender drives `offer` while `room` (the sender's ready).
+    `payload` enters it in every cycle the sender drives `offer` while `room` (the sender's ready);
+    `zero_empty` as for LutRamFifo.
 
     Why: a FIFO whose room is a register beside it (a CreditPipeline) is far from a writer that
     feeds many such FIFOs, and the writer's handshake then ORs their far registers together (the
@@ -157,9 +158,9 @@ class CreditLink:
 
     DEPTH = 16
 
-    def __init__(self, sender: Module, receiver: Module, sink, payload, name: str):
+    def __init__(self, sender: Module, receiver: Module, sink, payload, name: str, zero_empty: bool = False):
         bits = bits_for(self.DEPTH)  # the counters' difference runs over 0..DEPTH
-        receiver.submodules[f"{name}_fifo"] = fifo = LutRamFifo(sink.payload.shape(), self.DEPTH)
+        receiver.submodules[f"{name}_fifo"] = fifo = LutRamFifo(sink.payload.shape(), self.DEPTH, zero_empty)
         read = Signal(bits, name=f"{name}_read")
         read_seen, sent = Signal(bits, name=f"{name}_read_seen"), Signal(bits, name=f"{name}_sent")
         self.offer, self.room = Signal(name=f"{name}_offer"), Signal(init=1, name=f"{name}_room")

@@ -1,4 +1,5 @@
-"""hw.pipeline.CreditLink: a FIFO written over long wires, its room counted at the writer."""
+"""hw.pipeline.CreditLink: a FIFO written over long wires, its room counted at the writer; and
+hw.fifo.LutRamFifo's zero_empty, on which the top's OR of its result FIFOs relies."""
 
 import random
 
@@ -21,10 +22,14 @@ class Linked(wiring.Component):
     inp: In(stream.Signature(unsigned(12)))
     out: Out(stream.Signature(unsigned(12)))
 
+    def __init__(self, zero_empty: bool = False):
+        self._zero_empty = zero_empty
+        super().__init__()
+
     def elaborate(self, platform):
         m, receiver = Module(), Module()
         m.submodules.receiver = receiver
-        link = CreditLink(m, receiver, self.out, self.inp.payload, "link")
+        link = CreditLink(m, receiver, self.out, self.inp.payload, "link", zero_empty=self._zero_empty)
         m.d.comb += [self.inp.ready.eq(link.room), link.offer.eq(self.inp.valid)]
         return m
 
@@ -51,3 +56,24 @@ def test_the_room_covers_the_round_trip():
     accepted = source.accepted_at(dut.inp)
     assert accepted == list(range(accepted[0], accepted[0] + len(WORDS)))
     assert sink.received_at == [a + LutRamFifo.LATENCY for a in accepted]
+
+
+@pytest.mark.parametrize("zero_empty", [True, False])
+def test_zero_empty_payload_is_zero_while_not_valid(zero_empty):
+    """The monitor logs the payload of every cycle the FIFO offers nothing. Without zero_empty the
+    RAM's stale entries show there, so the check can fail."""
+    dut = Linked(zero_empty=zero_empty)
+    bench = StreamBench(dut, seed=5)
+    bench.send([(dut.inp, WORDS)], idle=0.5)
+    sink = bench.receive(dut.out, len(WORDS), idle=0.5)
+    idle_payloads = []
+
+    async def monitor(ctx):
+        async for _, _, valid, payload in ctx.tick().sample(dut.out.valid, dut.out.payload):
+            if not valid:
+                idle_payloads.append(payload)
+
+    bench.sim.add_process(monitor)
+    bench.run()
+    assert sink.words == WORDS
+    assert (set(idle_payloads) == {0}) == zero_empty
