@@ -44,13 +44,18 @@ class _Slice(wiring.Component):
         def next_ptr(ptr):
             return Mux(ptr == depth - 1, 0, ptr + 1)
 
-        # r_valid is a register (the reader's handshake logic starts from it): level's next value != 0
-        level_next = level + write - read
+        # r_valid is a register, level != 0 (the reader's handshake logic starts from it). r_ready
+        # comes from afar (the top's dout handshake reaches five unit FIFOs), so it only selects
+        # among values computed from this slice's registers: one LUT to r_valid, where the adder
+        # and zero compare after it took a carry chain and three LUT levels (the 8x8 top's
+        # critical path, busy -> dout's ready -> a result FIFO's r_valid, 87.4 MHz).
+        up, down = write & ~read, read & ~write
         r_valid = Signal()
         m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(data_r), wp.en.eq(write),
                      rp.addr.eq(r_ptr), self.r_valid.eq(r_valid),
                      self.r_data.eq(Mux(r_valid, rp.data, 0) if self._zero_empty else rp.data)]
-        m.d.sync += [level.eq(level_next), r_valid.eq(level_next != 0)]
+        m.d.sync += [level.eq(Mux(up, level + 1, Mux(down, level - 1, level))),
+                     r_valid.eq(up | Mux(down, level >= 2, r_valid))]
         with m.If(write):
             m.d.sync += w_ptr.eq(next_ptr(w_ptr))
         with m.If(read):

@@ -167,7 +167,11 @@ class CreditLink:
         send = self.offer & self.room
         receiver.d.comb += [sink.valid.eq(fifo.r.valid), sink.payload.eq(fifo.r.payload), fifo.r.ready.eq(sink.ready)]
         receiver.d.sync += read.eq(read + (fifo.r.valid & fifo.r.ready))
-        sent_next = (sent + send)[:bits]
+        # `offer` comes through the sender's handshake logic, so it only selects between the two
+        # next values of `room`, each computed from registers (from the top's in_open through
+        # `send`, the adders and the compare to the residual input's room took 10.5 ns of routing
+        # and 3.3 ns of logic).
+        in_flight = (sent - read_seen)[:bits]
         sender.d.comb += [fifo.w.valid.eq(send), fifo.w.payload.eq(payload)]
-        sender.d.sync += [read_seen.eq(read), sent.eq(sent_next),
-                          self.room.eq((sent_next - read_seen)[:bits] != self.DEPTH)]
+        sender.d.sync += [read_seen.eq(read), sent.eq(sent + send),
+                          self.room.eq(Mux(send, in_flight != self.DEPTH - 1, in_flight != self.DEPTH))]

@@ -328,7 +328,9 @@ class Accelerator(Component):
             m.d.sync += busy.eq(0)
 
         # Data in: the load engine while it loads, else the main engine's command.
-        take = busy & in_open  # never while the load engine takes words (dispatch rules)
+        # in_open and out_open are set with busy and busy stays until both clear, so either implies
+        # it: the handshakes below need not reach the command engine's busy register.
+        take = in_open  # never while the load engine takes words (dispatch rules)
         load_take = loading & load_open
         din_ready = Signal()  # the main engine's
         m.d.comb += self.din.ready.eq(din_ready | load_take)
@@ -349,11 +351,11 @@ class Accelerator(Component):
         out_pipe = CreditPipeline(m, results, self.dout, 0, "dout")
         dout_valid = Signal()
         dout_payload = out_pipe.result
-        m.d.comb += [results.valid.eq(dout_valid & busy & out_open),
+        m.d.comb += [results.valid.eq(dout_valid & out_open),
                      self.busy.eq(busy | loading | self.dout.valid)]
         with m.If(results.valid & results.ready):
             m.d.sync += [out_left.eq(out_left - 1), out_open.eq(out_left != 1)]
-        out_ready = results.ready & busy & out_open
+        out_ready = results.ready & out_open
 
         # Every unit's inputs (data and params) come from din through a FIFO beside the unit, and
         # its results go to the dout multiplexer through a FIFO here, each counted at its writer
