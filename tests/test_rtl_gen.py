@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,9 +101,20 @@ def test_synthesis_page_shows_fixed_seed_best_seed_and_device_use():
            "fmax_by_seed": {"1": 151.2, "2": 158.0, "3": 149.9}, "critical_path": "a -> b",
            "device_use": {"luts": [8364, 83640], "dsp": [78, 156]}}
     page = markdown([row])
-    assert "| top | `fqvit_top_8x8_x` | 1 | 2 | 3 | 4 | 5 | 6 | 151.2 | 158.0 (151.2, 158.0, 149.9) |" in page
+    assert "| top | `fqvit_top_8x8_x` | 1 | 2 | 3 | 4 | 5 | 6 | 151.2 | 158.0 (151.2, 158.0, 149.9) | - |" in page
+    assert "| `abc1234+` |" in markdown([dict(row, revision="abc1234+")])
     assert "best of the seeds run" in page
     assert "| `fqvit_top_8x8_x` | 8364 / 83640 (10 %) | - | 78 / 156 (50 %) | - | - |" in page
+
+
+def test_synthesis_rows_name_the_commit_they_measured():
+    import re
+
+    from rtl_gen.synth import source_revision
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert re.fullmatch(re.escape(head) + r"\+?", source_revision())
 
 
 def test_synthesis_runs_choose_designs_by_unit_and_array():
