@@ -111,6 +111,7 @@ def _synthesize_in_shell(unit: str, config, folder: Path, netlist: bool) -> tupl
     from .shell import TimingShell
 
     name = f"{config.name}_shell"
+    revision = source_revision()  # as the Verilog is generated: a run of several hours may outlast a commit
     text = verilog.convert(TimingShell(_units()[unit][1](config)), name=name, emit_src=False,
                            platform=target_platform(TARGET))
     (folder / f"{name}.v").write_text(text)
@@ -118,7 +119,7 @@ def _synthesize_in_shell(unit: str, config, folder: Path, netlist: bool) -> tupl
     _yosys(f"read_verilog {name}.v; {YOSYS_PREP} {name}.unit; synth_ecp5 -top {name}; "
            f"tee -q -o stat.json stat -json; {flattened}", str(folder), name)
     cells = _hierarchy_cells(json.loads((folder / "stat.json").read_text())["modules"], f"{name}.unit")
-    return ({"unit": unit, "module": config.name, "config": config.to_dict(),
+    return ({"unit": unit, "module": config.name, "config": config.to_dict(), "revision": revision,
              **{key: cells.get(cell, 0) for cell, key in CELLS.items()}},
             folder / f"{name}.json" if netlist else None)
 
@@ -202,7 +203,7 @@ def source_revision() -> str | None:
 def _row(cells: dict, seeds: list[dict] | None) -> dict:
     """One report row from the cell counts and the place-and-route runs (first = the fixed seed)."""
     row = {"device": DEVICE, "speed_grade": SPEED_GRADE, "yosys": yosys_engine(), "top": cells["module"],
-           "unit": cells["unit"], "config": cells["config"], "revision": source_revision(),
+           "unit": cells["unit"], "config": cells["config"], "revision": cells["revision"],
            **{key: cells[label] for label, key in zip(CELLS.values(), REPORT_KEYS)}, "fits": overflow(cells) is None}
     if not seeds:
         return {**row, "fmax_mhz": None, "fmax_best_mhz": None, "fmax_by_seed": {},
