@@ -32,11 +32,12 @@ from dataclasses import asdict, dataclass
 
 from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream
-from amaranth.lib.wiring import In, Out, Component
+from amaranth.lib.wiring import In, Out, Component, connect
 from amaranth.utils import bits_for
 
-from fqvit.contract import ACC_BITS, DEFAULT_LIS_RULE, MAX_CHANNELS, MAX_KEYS
+from fqvit.contract import ACC_BITS, DEFAULT_LIS_RULE, MAX_CHANNELS, MAX_KEYS, MULT_BITS, SHIFT_BITS
 
+from .attention import AttentionChain, AttentionConfig
 from .attnv import AttnV, AttnVConfig
 from .bram import Bram
 from .config import check_int
@@ -60,6 +61,8 @@ class Op(enum.Enum, shape=3):
     PARAMS = 2
     MATMUL = 3
     STREAM = 4
+    LOAD_V = 5
+    ATTEND = 6
 
 
 class UnitId(enum.Enum, shape=3):
@@ -72,13 +75,15 @@ class UnitId(enum.Enum, shape=3):
 
 
 PARAM_UNITS = (UnitId.REQUANT, UnitId.GELU, UnitId.LAYERNORM, UnitId.SOFTMAX, UnitId.RESIDUAL)
+STREAM_UNITS = (UnitId.LAYERNORM, UnitId.RESIDUAL)  # the softmax and attention x V are fed by ATTEND
 
 
 @dataclass(frozen=True)
 class TopConfig:
     """rows x cols: the systolic array; act_kib / weight_kib: the on-chip buffers; max_channels:
     the widest layer (requantizer, residual and LayerNorm memories); max_keys: the longest
-    attention row; softmax_rule: the LIS rounding rule the model was quantized with; dsp_budget:
+    attention row; attnv_lanes: attention x V's width, the widest head the chain takes in one
+    pass (hw/attention.py); softmax_rule: the LIS rounding rule the model was quantized with; dsp_budget:
     the DSP blocks (MULT18X18D) of the target device, 156 on the LFE5U-85F.
 
     The array takes one DSP block per PE. When it and the units' multipliers would take more than
@@ -89,10 +94,11 @@ class TopConfig:
 
     rows: int = 8
     cols: int = 8
-    act_kib: int = 8
+    act_kib: int = 16
     weight_kib: int = 64
     max_channels: int = 1024
     max_keys: int = 256
+    attnv_lanes: int = 64
     softmax_rule: str = DEFAULT_LIS_RULE
     dsp_budget: int = 156
 
@@ -103,6 +109,7 @@ class TopConfig:
         check_int("top", "weight_kib", self.weight_kib, 1, 4096)
         check_int("top", "max_channels", self.max_channels, 1, MAX_CHANNELS)
         check_int("top", "max_keys", self.max_keys, 1, MAX_KEYS)
+        check_int("top", "attnv_lanes", self.attnv_lanes, 1, 64)
         check_int("top", "dsp_budget", self.dsp_budget, 0, 4096)
         self.units()  # the unit configs validate the rest (e.g. the softmax rule)
 
@@ -117,7 +124,7 @@ class TopConfig:
             "gelu": GeluConfig(lanes=self.cols, side_bits=ACC_BITS * self.cols),  # side: the requantized row
             "layernorm": LayerNormConfig(max_channels=self.max_channels, lut_multipliers=lut["layernorm"]),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
-            "attnv": AttnVConfig(lanes=self.cols, requant_lanes=1, max_keys=self.max_keys,
+            "attnv": AttnVConfig(lanes=self.attnv_lanes, requant_lanes=4, max_keys=self.max_keys,
                                  lut_multipliers=lut["attnv"]),
             "residual": ResidualConfig(lanes=self.cols, max_channels=self.max_channels,
                                        lut_multipliers=lut["residual"]),
@@ -139,6 +146,10 @@ class TopConfig:
     def _dsp_blocks(self, lut_units) -> int:
         units = self._units(lut_units)
         return self.rows * self.cols + sum(_unit_dsp_blocks(name, units[name]) for name in _MULTIPLYING_UNITS)
+
+    @property
+    def attention(self) -> AttentionConfig:
+        return AttentionConfig(self.rows, self.cols, self.attnv_lanes, self.max_keys)
 
     @property
     def act_words(self) -> int:
@@ -178,7 +189,18 @@ class TopConfig:
             "b_signed": unsigned(1),  # weights int8 (1) or activation codes (0, Q.K^T)
             "zero": unsigned(8),  # output zero point
             "wide": unsigned(1),  # int32 outputs (logits)
-            "overlap": unsigned(1),  # LOAD_ACT: may run beside the MATMUL in flight
+            "overlap": unsigned(1),  # LOAD_ACT: may run beside the MATMUL or ATTEND in flight
+            # ATTEND (hw/attention.py): slabs of `rows` queries after the first (the last slab has
+            # `rows`, the others R), keys a row, softmax codes out instead of attention x V (tap),
+            # V's zero point, the head's width and attention x V's requantization
+            "extra_slabs": unsigned(bits_for(self.attention.max_slabs)),
+            "keys": unsigned(bits_for(self.max_keys)),
+            "tap": unsigned(1),
+            "v_zero": unsigned(8),
+            "head_dim": unsigned(bits_for(self.attnv_lanes)),
+            "av_zero": unsigned(8),
+            "av_mult": unsigned(MULT_BITS),
+            "av_shift": unsigned(SHIFT_BITS),
         })
 
     @property
@@ -193,9 +215,9 @@ class TopConfig:
     @property
     def din_width(self) -> int:
         u = self.units()
-        widths = [self.rows * 8, self.cols * 8]
+        widths = [self.rows * 8, self.cols * 8, self.attnv_lanes * 8]  # LOAD_ACT, LOAD_WEIGHT, LOAD_V
         widths += [u[n].param_layout.size for n in ("requant", "gelu", "layernorm", "softmax", "residual")]
-        widths += [u[n].in_layout.size for n in ("layernorm", "softmax", "attnv", "residual")]
+        widths += [u[n].in_layout.size for n in ("layernorm", "residual")]
         return max(widths)
 
     @property
@@ -263,6 +285,7 @@ class Accelerator(Component):
         }
         param_ports = {UnitId.REQUANT: requant.params, UnitId.GELU: gelu.params,
                        **{uid: units[uid].params for uid in PARAM_UNITS if uid in units}}
+        chain = AttentionChain(cfg.attention, u["softmax"], u["attnv"])
 
         # Output-registered block RAMs (hw/bram.py): a plain DP16KD read takes ~6 ns to its data.
         # Each block has its own input registers: wbuf is 32 blocks at 8x8, spread over the
@@ -292,23 +315,34 @@ class Accelerator(Component):
         # The current command's routing, decoded once as it starts: one register per destination,
         # so no op/unit compare sits on the din and dout handshakes (from `cur.op` through its
         # decode to attention x V's output FIFO was the 8x8 top's critical path, 92 MHz).
-        route_load_weight, route_matmul = Signal(), Signal()
+        # route_array: the issue engine runs (MATMUL or ATTEND); route_attend: the epilogue's rows
+        # go to the attention chain instead of the GELU table and dout.
+        route_load_weight, route_load_v, route_array, route_attend = Signal(), Signal(), Signal(), Signal()
         route_params = {uid: Signal(name=f"route_params_{uid.name.lower()}") for uid in param_ports}
-        route_stream = {uid: Signal(name=f"route_stream_{uid.name.lower()}") for uid in units}
+        route_stream = {uid: Signal(name=f"route_stream_{uid.name.lower()}") for uid in STREAM_UNITS}
         p = self.cmd.payload
         is_load_act = p.op == Op.LOAD_ACT
-        load_may_start = ~loading & (~busy | (p.overlap & route_matmul))
+        load_may_start = ~loading & (~busy | (p.overlap & route_array))
         m.d.comb += self.cmd.ready.eq(Mux(is_load_act, load_may_start, ~busy & ~loading))
 
-        # MATMUL issue counters: the activation and weight read addresses (tiles are contiguous in
-        # wbuf), the steps left in this tile and the tiles left after it.
-        aptr = Signal(cur.addr.shape())
+        # Issue counters: the activation and weight read addresses (tiles are contiguous in wbuf,
+        # slabs in abuf), the steps left in this tile, the tiles left after it in this slab, the
+        # slabs after this one (ATTEND) and the real rows of this slab.
+        aptr, abase = Signal(cur.addr.shape()), Signal(cur.addr.shape())
         wptr = Signal(cur.waddr.shape())
         k_left = Signal(cur.k.shape())
         t_left = Signal(cur.tiles.shape())
+        s_left = Signal.like(cur.extra_slabs)
+        slab_rows = Signal.like(cur.rows)
+        # ATTEND starts a slab only while the chain has a free half of its slab buffer: `granted`
+        # slabs, of which the chain has `released` (both wrap at 4; at most 2 apart).
+        slab_wait, granted = Signal(), Signal(2)
         rgroup = Signal.like(cur.group)  # the requantizer's channel group of the next result tile
+        rtiles_left = Signal.like(cur.tiles)  # result tiles after this one in its slab
+        attend_start = Signal()  # the chain's `start`: the cycle after an ATTEND is accepted
 
         accept = self.cmd.valid & self.cmd.ready
+        m.d.sync += attend_start.eq(accept & (p.op == Op.ATTEND))
         with m.If(accept & is_load_act):
             m.d.sync += [loading.eq(p.count != 0), load_left.eq(p.count), load_open.eq(p.count != 0),
                          aptr_load.eq(p.addr)]
@@ -318,9 +352,13 @@ class Accelerator(Component):
             m.d.sync += [
                 cur.eq(p), busy.eq(1), in_left.eq(p.count), in_open.eq(p.count != 0), out_left.eq(p.out_count),
                 out_open.eq(p.out_count != 0), wptr_load.eq(p.addr),
-                issuing.eq((p.op == Op.MATMUL) & (p.tiles != 0) & (p.k != 0)),
-                aptr.eq(p.addr), wptr.eq(p.waddr), k_left.eq(p.k - 1), t_left.eq(p.tiles - 1), rgroup.eq(p.group),
-                route_load_weight.eq(p.op == Op.LOAD_WEIGHT), route_matmul.eq(p.op == Op.MATMUL),
+                issuing.eq(((p.op == Op.MATMUL) | (p.op == Op.ATTEND)) & (p.tiles != 0) & (p.k != 0)),
+                aptr.eq(p.addr), abase.eq(p.addr), wptr.eq(p.waddr), k_left.eq(p.k - 1), t_left.eq(p.tiles - 1),
+                s_left.eq(p.extra_slabs), slab_rows.eq(Mux(p.extra_slabs == 0, p.rows, R)),
+                slab_wait.eq(p.op == Op.ATTEND), granted.eq(0),
+                rgroup.eq(p.group), rtiles_left.eq(p.tiles - 1),
+                route_load_weight.eq(p.op == Op.LOAD_WEIGHT), route_load_v.eq(p.op == Op.LOAD_V),
+                route_array.eq((p.op == Op.MATMUL) | (p.op == Op.ATTEND)), route_attend.eq(p.op == Op.ATTEND),
                 *(route.eq((p.op == Op.PARAMS) & (p.unit == uid)) for uid, route in route_params.items()),
                 *(route.eq((p.op == Op.STREAM) & (p.unit == uid)) for uid, route in route_stream.items()),
             ]
@@ -363,7 +401,8 @@ class Accelerator(Component):
         # register in its block, and the long routes between the host link and the units run from
         # register to register. A unit and its input FIFOs form a block, a module of its own (the
         # simulation build clocks a block only while it is in use, `_gate_clocks`).
-        blocks = {"array": array, "requant": requant, "gelu": gelu, **{uid.name.lower(): unit for uid, unit in units.items()}}
+        blocks = {"array": array, "requant": requant, "gelu": gelu, "attention": chain,
+                  **{uid.name.lower(): unit for uid, unit in units.items()}}
         for name, unit in list(blocks.items()):
             blocks[name] = Module()
             blocks[name].submodules[name] = unit
@@ -391,15 +430,32 @@ class Accelerator(Component):
         # the ready of every unit through the route multiplexer, and from there to the input
         # registers of all of wbuf's blocks was the 8x8 top's critical path (81.7 MHz).
         m.d.comb += wwp.en.eq(self.din.valid & take & route_load_weight)
-        with m.If(route_load_weight):
+        vwp = chain.v_write
+        m.d.comb += [vwp.addr.eq(wptr_load), vwp.data.eq(self.din.payload[:cfg.attnv_lanes * 8]),
+                     vwp.en.eq(self.din.valid & take & route_load_v)]
+        with m.If(route_load_weight | route_load_v):
             m.d.comb += din_ready.eq(take)
         for uid, port in param_ports.items():
             fed(port, f"{uid.name.lower()}_params_in", blocks[uid.name.lower()], route_params[uid])
         unit_outs = []
-        for uid, unit in units.items():
-            fed(unit.inp, f"{uid.name.lower()}_in", blocks[uid.name.lower()], route_stream[uid])
-            unit_outs.append(staged(unit.out, f"{uid.name.lower()}_out", blocks[uid.name.lower()]))
+        for uid in STREAM_UNITS:
+            fed(units[uid].inp, f"{uid.name.lower()}_in", blocks[uid.name.lower()], route_stream[uid])
+            unit_outs.append(staged(units[uid].out, f"{uid.name.lower()}_out", blocks[uid.name.lower()]))
         gelu_out = staged(gelu.out, "gelu_out", blocks["gelu"])
+
+        # The attention chain (ATTEND): the epilogue's rows -> slab buffer -> softmax -> V lookup
+        # -> attention x V -> dout; with `tap`, the softmax codes -> dout.
+        softmax, attnv = units[UnitId.SOFTMAX], units[UnitId.ATTNV]
+        connect(m, chain.keys_out, softmax.inp)
+        connect(m, softmax.out, chain.codes_in)
+        connect(m, chain.attnv_out, attnv.inp)
+        unit_outs.append(staged(attnv.out, "attnv_out", blocks["attnv"]))
+        unit_outs.append(staged(chain.codes_out, "softmax_out", blocks["attention"]))
+        cp = chain.params
+        m.d.comb += [chain.start.eq(attend_start), cp.extra_slabs.eq(cur.extra_slabs), cp.rows.eq(cur.rows),
+                     cp.tiles.eq(cur.tiles), cp.keys.eq(cur.keys), cp.tap.eq(cur.tap), cp.v_zero.eq(cur.v_zero),
+                     cp.head_dim.eq(cur.head_dim), cp.zero.eq(cur.av_zero), cp.mult.eq(cur.av_mult),
+                     cp.shift.eq(cur.av_shift)]
 
         # MATMUL operand issue. The buffers are read without an enable and their data reaches the
         # array through fixed delays, with no FIFO and no handshake between them: the issue
@@ -417,29 +473,37 @@ class Accelerator(Component):
         gap = Signal(range(sc.min_tile_beats), name="tile_gap")  # cycles until a `last` beat may issue
         claimed = Signal(range(sc.fifo_depth + 1), name="tile_claimed")  # rows of tiles issued, not read out
         last_ok = Signal(init=1, name="tile_last_ok")  # gap == 0 and claimed <= max_claimed, a register
-        fire = issuing & (~last_k | last_ok)
+        fire = issuing & ~slab_wait & (~last_k | last_ok)
         fire_last = fire & last_k
+        with m.If(slab_wait & ((granted - chain.released)[:2] < 2)):
+            m.d.sync += [slab_wait.eq(0), granted.eq(granted + 1)]
         gap_next = Mux(fire_last, sc.min_tile_beats - 1, Mux(gap == 0, 0, gap - 1))
         # A row read out of the array comes from the array's block, so it only selects between
         # values computed here (after it, the subtraction and the compare took 11.3 ns to last_ok).
-        claimed_kept = claimed + Mux(fire_last, cur.rows, 0)
+        claimed_kept = claimed + Mux(fire_last, slab_rows, 0)
         row_out = array.results.valid & array.results.ready
         m.d.sync += [gap.eq(gap_next), claimed.eq(Mux(row_out, claimed_kept - 1, claimed_kept)),
                      last_ok.eq((gap_next == 0) & Mux(row_out, claimed_kept <= sc.max_claimed + 1,
                                                       claimed_kept <= sc.max_claimed))]
         with m.If(fire):
-            m.d.sync += [wptr.eq(wptr + 1), aptr.eq(Mux(last_k, cur.addr, aptr + 1)),
+            m.d.sync += [wptr.eq(wptr + 1), aptr.eq(Mux(last_k, abase, aptr + 1)),
                          k_left.eq(Mux(last_k, cur.k - 1, k_left - 1))]
             with m.If(last_k):
                 m.d.sync += t_left.eq(t_left - 1)
                 with m.If(last_t):
-                    m.d.sync += issuing.eq(0)
+                    with m.If(s_left == 0):
+                        m.d.sync += issuing.eq(0)
+                    with m.Else():  # the next slab: the next k words of abuf, the same weight tiles
+                        m.d.sync += [s_left.eq(s_left - 1), abase.eq(abase + cur.k), aptr.eq(abase + cur.k),
+                                     wptr.eq(cur.waddr), t_left.eq(cur.tiles - 1),
+                                     slab_rows.eq(Mux(s_left == 1, cur.rows, R)), slab_wait.eq(route_attend)]
         ops = array.operands.payload
         m.d.comb += [
             array.operands.valid.eq(delayed(m, fire, read_latency, "issue_valid")),
             ops.a.eq(arp.data), ops.b.eq(wrp.data),
             ops.a_zero.eq(cur.a_zero), ops.b_zero.eq(cur.b_zero),
-            ops.a_signed.eq(0), ops.b_signed.eq(cur.b_signed), ops.rows.eq(cur.rows),
+            ops.a_signed.eq(0), ops.b_signed.eq(cur.b_signed),
+            ops.rows.eq(delayed(m, slab_rows, read_latency, "issue_rows")),  # the next slab's once its last beat fires
             ops.last.eq(delayed(m, last_k, read_latency, "issue_last")),
             ops.cols.eq(delayed(m, Mux(last_t, cur.last_cols, C), read_latency, "issue_cols")),
         ]
@@ -453,10 +517,17 @@ class Accelerator(Component):
             rq.payload.zero.eq(cur.zero), rq.payload.wide.eq(cur.wide),
         ]
         with m.If(res.valid & res.ready & res.payload.last):
-            m.d.sync += rgroup.eq(rgroup + 1)
-        # GELU carries the requantized int32 row through beside its codes.
+            m.d.sync += [rgroup.eq(Mux(rtiles_left == 0, cur.group, rgroup + 1)),
+                         rtiles_left.eq(Mux(rtiles_left == 0, cur.tiles - 1, rtiles_left - 1))]
+        # MATMUL: GELU carries the requantized int32 row through beside its codes. ATTEND: the
+        # rows' codes go to the chain, which always takes them.
+        logits = chain.logits
+        m.d.comb += [logits.valid.eq(requant.out.valid & route_attend), logits.payload.last.eq(requant.out.payload.last)]
+        for lane in range(C):
+            m.d.comb += logits.payload.data[lane].eq(requant.out.payload.data[lane][:8])
         m.d.comb += [
-            gelu.inp.valid.eq(requant.out.valid), requant.out.ready.eq(gelu.inp.ready),
+            gelu.inp.valid.eq(requant.out.valid & ~route_attend),
+            requant.out.ready.eq(Mux(route_attend, logits.ready, gelu.inp.ready)),
             gelu.inp.payload.keep.eq(requant.out.payload.keep), gelu.inp.payload.last.eq(requant.out.payload.last),
             gelu.inp.payload.side.eq(requant.out.payload.data.as_value()),
         ]
@@ -473,10 +544,11 @@ class Accelerator(Component):
         # routed to it.
         def used(*routes):
             return busy & functools.reduce(lambda a, b: a | b, routes)
-        in_use = {"array": used(route_matmul), "requant": used(route_matmul, route_params[UnitId.REQUANT]),
-                  "gelu": used(route_matmul, route_params[UnitId.GELU]),
-                  **{uid.name.lower(): used(route_stream[uid], *([route_params[uid]] if uid in route_params else []))
-                     for uid in units}}
+        in_use = {"array": used(route_array), "requant": used(route_array, route_params[UnitId.REQUANT]),
+                  "gelu": used(route_array, route_params[UnitId.GELU]),
+                  **{uid.name.lower(): used(route_stream[uid], route_params[uid]) for uid in STREAM_UNITS},
+                  "softmax": used(route_attend, route_params[UnitId.SOFTMAX]), "attnv": used(route_attend),
+                  "attention": used(route_attend, route_load_v)}
         if self._gate_idle_units:
             self._gate_clocks(m, {name: (block, in_use[name]) for name, block in blocks.items()})
         else:

@@ -7,7 +7,8 @@ op's output tensor. Tiling follows the top's buffers:
 * a GEMM (M x K) @ (K x N) loads the weights once per chunk of output tiles that fits the weight
   buffer, then for every slab of ``rows`` tokens loads the slab (K words) and runs one MATMUL over
   the chunk's tiles; the tokens of every image in the batch share one weight load;
-* LayerNorm, softmax, attention x V and residual adds stream their beats through the unit.
+* attention runs on chip per head: Q.K^T, the LIS softmax and attention x V (``attention``);
+* LayerNorm and residual adds stream their beats through the unit.
 
 Every check of a shape against the hardware happens here, before anything runs, and raises
 ``CompileError`` naming the op, what it needs and what the configuration has.
@@ -34,7 +35,7 @@ class CompileError(ValueError):
 
 @dataclass
 class Program:
-    kind: str  # op kind for the cycle report: linear, logits, softmax, attn_v, layernorm, add
+    kind: str  # op kind for the cycle report: linear, attention, layernorm, add; check: check-mode read-back
     commands: list[dict] = field(default_factory=list)
     din: list[int] = field(default_factory=list)
     out_words: int = 0
@@ -69,6 +70,37 @@ class Compiler:
                               PayloadCodec(u.in_layout), PayloadCodec(u.out_layout))
                        for name, u in self.units.items() if name != "systolic"}
         self.epilogue = PayloadCodec(cfg.epilogue_layout)
+
+    # -- host link traffic --------------------------------------------------------------------------
+
+    def link_bytes(self, prog: Program) -> dict:
+        """Bytes `prog` moves over the host link, by what they are: `program` (commands), `weights`
+        (weights, K and V of attention, and every unit's parameters), `data_in` and `data_out`
+        (activations to and from the accelerator). A word counts the bytes of its payload (a slab
+        word R codes, an epilogue row its int32 lanes and GELU codes), not the link's width."""
+        u, cfg = self.units, self.cfg
+        size = lambda bits: -(-bits // 8)  # noqa: E731
+        din = {Op.LOAD_ACT: cfg.rows, Op.LOAD_WEIGHT: cfg.cols, Op.LOAD_V: cfg.attnv_lanes}
+        params = {UnitId.REQUANT: "requant", UnitId.GELU: "gelu", UnitId.LAYERNORM: "layernorm",
+                  UnitId.SOFTMAX: "softmax", UnitId.RESIDUAL: "residual"}
+        out = {"program": len(prog.commands) * size(cfg.cmd_layout.size), "weights": 0, "data_in": 0, "data_out": 0}
+        for c in prog.commands:
+            op, n, o = c["op"], c.get("count", 0), c.get("out_count", 0)
+            unit = params.get(c.get("unit"))
+            if op == Op.PARAMS:
+                out["weights"] += n * size(u[unit].param_layout.size)
+            elif op == Op.LOAD_ACT:
+                out["data_in"] += n * din[op]
+            elif op in din:  # LOAD_WEIGHT, LOAD_V
+                out["weights"] += n * din[op]
+            elif op == Op.STREAM:
+                out["data_in"] += n * size(u[unit].in_layout.size)
+                out["data_out"] += o * size(u[unit].out_layout.size)
+            elif op == Op.MATMUL:
+                out["data_out"] += o * size(cfg.epilogue_layout.size)
+            elif op == Op.ATTEND:
+                out["data_out"] += o * size(u["softmax" if c.get("tap") else "attnv"].out_layout.size)
+        return out
 
     # -- encoding --------------------------------------------------------------------------------
 
@@ -198,62 +230,72 @@ class Compiler:
         prog.decode = decode
         return prog
 
-    # -- streamed units ----------------------------------------------------------------------------
+    # -- the attention chain ------------------------------------------------------------------------
 
-    def softmax_lis(self, logits, table, rule: tuple[int, int], mask) -> Program:
-        if mask is not None:
-            raise CompileError("softmax: attention masks (Swin's shifted windows) are not compiled yet")
+    def attention(self, q, k, v, z: int, logits_rq, table, rule: tuple[int, int], mask, attn_v_rq,
+                  tap: bool = False) -> Program:
+        """Q.K^T -> logit codes -> LIS softmax -> x V for q, k, v [..., N, hd], per head on chip
+        (hw/attention.py): K as the weights, V in the V buffer, Q's slabs in the activation buffer,
+        one ATTEND a head (more when Q does not fit the buffer). Gives attention x V's rows, or with
+        `tap` the softmax codes (the driver's check mode)."""
+        cfg, R, C = self.cfg, self.cfg.rows, self.cfg.cols
+        *lead, nq, hd = q.shape
+        nk = k.shape[-2]
         sm = self.units["softmax"]
+        if mask is not None:
+            raise CompileError("attention: masks (Swin's shifted windows) are not compiled yet")
         if tuple(rule) != sm.num_den:
             raise CompileError(f"softmax: the model's LIS rule {tuple(rule)} is not the hardware's "
                                f"{sm.rule!r} {sm.num_den}; build the top with the model's rule")
-        shape = logits.shape
-        nk = shape[-1]
-        if nk > sm.max_keys:
-            raise CompileError(f"softmax: rows of {nk} keys exceed max_keys ({sm.max_keys})")
-        prog = Program("softmax")
+        if max(nq, nk) > cfg.max_keys:
+            raise CompileError(f"attention: {nq} queries x {nk} keys exceed max_keys ({cfg.max_keys})")
+        if hd > cfg.attnv_lanes:
+            raise CompileError(f"attention: heads of {hd} channels exceed attention x V's {cfg.attnv_lanes} lanes "
+                               f"(attnv_lanes); build the top with attnv_lanes >= {hd}")
+        tiles = -(-nk // C)
+        if tiles * hd > cfg.weight_words:
+            raise CompileError(f"attention: K of one head ({nk} keys x {hd} channels) does not fit the weight buffer "
+                               f"({cfg.weight_kib} KiB); raise weight_kib")
+        per_cmd = cfg.act_words // hd  # query slabs one ATTEND reads from the activation buffer
+        if per_cmd == 0:
+            raise CompileError(f"attention: one slab of Q ({hd} words) does not fit the activation buffer "
+                               f"({cfg.act_kib} KiB); raise act_kib")
+        a_mult, a_shift, a_zero = attn_v_rq
+        prog = Program("check" if tap else "attention")
+        self._requant_params(prog, nk, 0, *logits_rq[:2], "attention logits")
         self._params(prog, "softmax", UnitId.SOFTMAX, {"addr": np.arange(len(table)), "value": table.numpy()})
-        x = logits.reshape(-1).numpy()
-        last = (np.arange(x.size) % nk == nk - 1).astype(np.int64)
-        self._stream(prog, "softmax", UnitId.SOFTMAX, {"x": x, "mask": np.zeros_like(x), "last": last}, nk, nk)
-        prog.decode = lambda words: torch.from_numpy(self.codecs["softmax"][2].decode(words)["code"]).reshape(shape)
-        return prog
-
-    def attn_v(self, probs, v, z_v: int, mult: int, shift: int, z_out: int) -> Program:
-        """LIS codes [..., Nq, Nk] x V [..., Nk, hd]: per head, per column chunk, per query row one
-        beat per key."""
-        cfg = self.units["attnv"]
-        *lead, nq, nk = probs.shape
-        hd = v.shape[-1]
-        if nk > cfg.max_keys:
-            raise CompileError(f"attention x V: rows of {nk} keys exceed max_keys ({cfg.max_keys})")
-        L = cfg.lanes
-        codes, vs = probs.reshape(-1, nq, nk).numpy(), v.reshape(-1, nk, hd).numpy()
-        heads = codes.shape[0]
-        chunks = [(d0, min(L, hd - d0)) for d0 in range(0, hd, L)]
-        parts = {"code": [], "v": [], "keep": []}
-        for h in range(heads):
-            for d0, width in chunks:
-                parts["code"].append(codes[h].reshape(-1))
-                parts["v"].append(np.tile(_lanes(vs[h][:, d0:d0 + width], L), (nq, 1)))
-                parts["keep"].append(np.full(nq * nk, (1 << width) - 1))
-        beats = heads * len(chunks) * nq * nk
-        last = (np.arange(beats) % nk == nk - 1).astype(np.int64)
-        fields = {"code": np.concatenate(parts["code"]), "v": np.concatenate(parts["v"]), "last": last,
-                  "z_v": np.full(beats, z_v), "keep": np.concatenate(parts["keep"]),
-                  "last_row": (np.arange(beats) % (nq * nk) == nq * nk - 1).astype(np.int64),
-                  "z_out": np.full(beats, z_out), "mult": np.full(beats, mult), "shift": np.full(beats, shift)}
-        prog = Program("attn_v")
-        self._stream(prog, "attnv", UnitId.ATTNV, fields, nk, 1)
+        qs, ks, vs = (t.reshape(-1, *t.shape[-2:]).numpy().astype(np.int64) for t in (q, k, v))
+        slabs = -(-nq // R)
+        for h in range(qs.shape[0]):
+            kt = np.zeros((tiles * C, hd), dtype=np.int64)
+            kt[:nk] = ks[h]
+            prog.add(self._bytes(kt.reshape(tiles, C, hd).transpose(0, 2, 1).reshape(-1, C)), op=Op.LOAD_WEIGHT, addr=0)
+            prog.add(self._bytes(_lanes(vs[h], cfg.attnv_lanes)), op=Op.LOAD_V, addr=0)
+            for s0 in range(0, slabs, per_cmd):
+                s1 = min(slabs, s0 + per_cmd)
+                m0, m1 = s0 * R, min(nq, s1 * R)
+                words = []
+                for m in range(m0, m1, R):
+                    words += self._bytes(_lanes(qs[h][m:m + R].T, R))
+                prog.add(words, op=Op.LOAD_ACT, addr=0)
+                prog.add([], op=Op.ATTEND, addr=0, waddr=0, k=hd, tiles=tiles, group=0, rows=m1 - (s1 - 1) * R,
+                         extra_slabs=s1 - s0 - 1, last_cols=nk - (tiles - 1) * C, a_zero=z, b_zero=z, b_signed=0,
+                         zero=logits_rq[2], keys=nk, tap=int(tap), v_zero=z, head_dim=hd, av_zero=a_zero,
+                         av_mult=a_mult, av_shift=a_shift, out_count=(m1 - m0) * (nk if tap else 1))
+            prog.array_beats += slabs * tiles * hd
+        heads = qs.shape[0]
+        prog.macs += 0 if tap else 2 * heads * nq * nk * hd  # Q.K^T and attention x V
 
         def decode(words):
-            data = self.codecs["attnv"][2].decode(words)["data"].reshape(heads, len(chunks), nq, L)
-            out = np.zeros((heads, nq, hd), dtype=np.int64)
-            for g, (d0, width) in enumerate(chunks):
-                out[:, :, d0:d0 + width] = data[:, g, :, :width]
-            return torch.from_numpy(out).reshape(*lead, nq, hd)
+            if tap:
+                codes = self.codecs["softmax"][2].decode(words)["code"]
+                return torch.from_numpy(codes.reshape(heads, nq, nk)).reshape(*lead, nq, nk)
+            rows = self.codecs["attnv"][2].decode(words)["data"].reshape(heads, nq, -1)[:, :, :hd]
+            return torch.from_numpy(np.ascontiguousarray(rows)).reshape(*lead, nq, hd)
         prog.decode = decode
         return prog
+
+    # -- streamed units ----------------------------------------------------------------------------
 
     def layernorm(self, x, z: int, alpha, G, B, fg: int, z_out: int) -> Program:
         cfg = self.units["layernorm"]

@@ -46,6 +46,9 @@ class Run:
     wall_s: float = 0.0
     rtl_seconds: float | None = None  # the RTL running on its own, from `go` to `done`
     log: list = field(default_factory=list)  # (op kind, cycles) per op call, in order
+    check_cycles: int | None = None  # check mode's read-back programs (not in `cycles`)
+    traffic: list = field(default_factory=list)  # sw.compiler.Compiler.link_bytes per program, in order
+    check_traffic: dict = field(default_factory=dict)  # the read-back programs', summed
 
 
 def top_config(im: IntModel, rows: int, cols: int, **buffers) -> TopConfig:
@@ -76,7 +79,7 @@ def plan(im: IntModel, codes: torch.Tensor, cfg: TopConfig, depth: int) -> tuple
     t0 = time.perf_counter()
     out = vit.forward(im, codes, trace, ops, depth)
     run = Run(out, trace, {k: dict(v) for k, v in ops.stats.items()}, wall_s=time.perf_counter() - t0)
-    return run, sum(s["calls"] for s in ops.stats.values())
+    return run, sum(s["calls"] for kind, s in ops.stats.items() if kind != "check")
 
 
 def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:
@@ -130,11 +133,15 @@ def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
-            on_progress=None) -> Run:
-    """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it runs."""
-    result = simulate(compiled, cfg, {"model": str(model_path), "codes": codes, "depth": depth}, on_progress)
+            on_progress=None, check: bool = True) -> Run:
+    """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it
+    runs. `check`: also read back what stays on chip (sw/ops.py), for `compare`; otherwise
+    (performance mode) only the final output is meant to be compared (`final_output`)."""
+    result = simulate(compiled, cfg, {"model": str(model_path), "codes": codes, "depth": depth, "check": check},
+                      on_progress)
     return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"],
-               result["wall_s"], result["rtl_seconds"], result["log"])
+               result["wall_s"], result["rtl_seconds"], result["log"], result["check_cycles"], result["traffic"],
+               result["check_traffic"])
 
 
 def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=None) -> dict:
@@ -149,6 +156,24 @@ def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=N
 
     with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, HostProcess(compiled.executable, Path(tmp)) as link:
         return sim_job.run(link, cfg, job, on_op)
+
+
+def host_link_bytes(traffic: list[dict], whole: bool) -> dict:
+    """A run's host-link bytes by kind: the program (commands), the input image (the first op's
+    activation loads: the patches), the weights (and parameters), the activations (everything else
+    that crosses) and the output (the last op's results when the run is `whole`: the logits)."""
+    total = {key: sum(t[key] for t in traffic) for key in ("program", "weights", "data_in", "data_out")}
+    inp = traffic[0]["data_in"] if traffic else 0
+    out = traffic[-1]["data_out"] if traffic and whole else 0
+    return {"program": total["program"], "input": inp, "weights": total["weights"],
+            "activations": total["data_in"] - inp + total["data_out"] - out, "output": out}
+
+
+def final_output(trace: dict) -> dict:
+    """The last tensor a forward traced (the logits, or a partial run's residual stream): what
+    performance mode compares."""
+    name = next(reversed(trace))
+    return {name: trace[name]}
 
 
 def compare(reference: dict, got: dict) -> dict:

@@ -27,8 +27,8 @@ from fqvit.cli import arg_type, guarded, number, writable_file
 from fqvit.contract import DEFAULT_LIS_RULE, LIS_RULES
 from sim.toolchain import PRIMITIVE_MODELS  # the generation targets (rtl_gen.TARGETS), torch- and Amaranth-free
 
-OP_LABELS = {"linear": "linear (matmul + requant/GELU)", "logits": "attention logits Q.K^T", "softmax": "LIS softmax",
-             "attn_v": "attention x V", "layernorm": "LayerNorm", "add": "residual add"}
+OP_LABELS = {"linear": "linear (matmul + requant/GELU)", "attention": "attention (Q.K^T, LIS softmax, x V on chip)",
+             "layernorm": "LayerNorm", "add": "residual add"}
 
 
 def array_size(text: str) -> tuple[int, int]:
@@ -49,12 +49,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="timm models without --data: seeded random images")
     p.add_argument("--images", type=count, default=8, help="test images to run (default 8)")
     p.add_argument("--array", type=arg_type(array_size), default=(8, 8), help="systolic array RxC (default 8x8)")
-    p.add_argument("--act-kib", type=count, default=8, help="activation buffer KiB (default 8)")
+    p.add_argument("--act-kib", type=count, default=16, help="activation buffer KiB (default 16)")
     p.add_argument("--weight-kib", type=count, default=64, help="weight buffer KiB (default 64)")
     p.add_argument("--target", choices=tuple(PRIMITIVE_MODELS), default="generic",
                    help="the top's Verilog for the sim backend: generic RTL (default) or ecp5, what synthesis reads "
                         "(DSP and block-RAM primitives simulated by their models in sim/models)")
     p.add_argument("--layers", type=count, default=None, help="run only the first K transformer blocks (ViT/DeiT)")
+    p.add_argument("--mode", default="check", choices=("check", "perf"),
+                   help="check (default): read back every intermediate tensor, also those the accelerator "
+                        "keeps on chip, and compare each with the reference; perf: compare the final output only")
     p.add_argument("--observer", default="minmax", choices=OBSERVER_NAMES, help="activation observer")
     p.add_argument("--lis-rule", default=DEFAULT_LIS_RULE, choices=sorted(LIS_RULES),
                    help=f"LIS rounding rule (default {DEFAULT_LIS_RULE})")
@@ -121,9 +124,12 @@ def run(args, console) -> dict:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task(f"{len(labels)} images through the Verilated top (ops)", total=n_ops)
-            got = driver.run_sim(compiled, cfg, q.path, codes, layers, lambda n: bar.update(task, completed=n))
+            got = driver.run_sim(compiled, cfg, q.path, codes, layers, lambda n: bar.update(task, completed=n),
+                                 check=args.mode == "check")
 
-    tensors = driver.compare(reference.trace, got.trace)
+    perf = args.mode == "perf" and args.backend == "sim"
+    tensors = driver.compare(*((driver.final_output(r.trace) for r in (reference, got)) if perf
+                               else (reference.trace, got.trace)))
     mismatches = sum(t["mismatches"] for t in tensors.values())
     full = layers == depth
     predictions = got.out.argmax(-1) if full else None  # a partial run ends in the residual stream, not logits
@@ -132,7 +138,7 @@ def run(args, console) -> dict:
     images = len(labels)
     report = {
         "model": args.model, "backend": args.backend, "images": images, "export": str(q.path),
-        "array": f"{rows}x{cols}" if cfg else None, "target": args.target if args.backend == "sim" else None, "layers": layers, "depth": depth,
+        "mode": "perf" if perf else "check", "array": f"{rows}x{cols}" if cfg else None, "target": args.target if args.backend == "sim" else None, "layers": layers, "depth": depth,
         "top": cfg.to_dict() if cfg else None, "top1": top1,
         "bit_exact": mismatches == 0, "mismatches": mismatches,
         "tensors_compared": len(tensors), "elements_compared": sum(t["elements"] for t in tensors.values()),
@@ -140,20 +146,28 @@ def run(args, console) -> dict:
         "clock_mhz": args.clock_mhz, "wall_s": None,
     }
     if got.cycles is not None:
-        macs = sum(s["macs"] for s in got.stats.values())
+        model_ops = {k: s for k, s in sorted(got.stats.items()) if k != "check"}
+        macs = sum(s["macs"] for s in model_ops.values())
         per_image = got.cycles / images
         report.update({
             "cycles": {"total": got.cycles, "per_image": per_image,
-                       "by_op": {k: s["cycles"] for k, s in sorted(got.stats.items())}},
+                       "by_op": {k: s["cycles"] for k, s in model_ops.items()},
+                       # check mode's read-backs of the attention chain's intermediates, not in the total
+                       "check": got.check_cycles},
+            "host_link_bytes": driver.host_link_bytes(got.traffic, full),
+            "host_link_bytes_check": sum(got.check_traffic.values()),
             "macs": macs,
             "mac_utilization": macs / (got.cycles * rows * cols),
-            "matmul_utilization": {k: s["macs"] / max(s["cycles"] * rows * cols, 1)
-                                   for k, s in sorted(got.stats.items()) if s["macs"]},
+            # the op's model MACs over its cycles x R x C: attention's include attention x V, which
+            # runs beside the array, so it may exceed 100 %
+            "mac_utilization_by_op": {k: s["macs"] / max(s["cycles"] * rows * cols, 1)
+                                      for k, s in model_ops.items() if s["macs"]},
             "images_per_s": args.clock_mhz * 1e6 / per_image,
             "sim_cycles_per_s": got.cycles / got.sim_seconds if got.sim_seconds else None,
         })
     else:  # the reference has no clock
-        report.update({"cycles": None, "macs": None, "mac_utilization": None, "images_per_s": None})
+        report.update({"cycles": None, "macs": None, "mac_utilization": None, "images_per_s": None,
+                       "host_link_bytes": None})
     report["wall_s"] = time.perf_counter() - t_start
     print_report(console, report, tensors, got)
     return report
@@ -176,6 +190,11 @@ def print_report(console, r: dict, tensors: dict, got) -> None:
     if r["cycles"]:
         table.add_row("cycles (total)", f"{r['cycles']['total']:,}")
         table.add_row("cycles per image", f"{r['cycles']['per_image']:,.0f}")
+        link = r["host_link_bytes"]
+        table.add_row("host link bytes (program / input / weights / activations / output)",
+                      " / ".join(f"{link[k]:,}" for k in ("program", "input", "weights", "activations", "output")))
+        if r["cycles"].get("check"):
+            table.add_row("check-mode read-back cycles (not in the total)", f"{r['cycles']['check']:,}")
         table.add_row("MAC utilization (whole run)", f"{100 * r['mac_utilization']:.1f} %")
         table.add_row(f"images/s at {r['clock_mhz']:g} MHz", f"{r['images_per_s']:,.1f}")
         if r.get("sim_cycles_per_s"):
@@ -186,11 +205,11 @@ def print_report(console, r: dict, tensors: dict, got) -> None:
     console.print(table)
     if r["cycles"]:
         ops = Table(title="cycles by op kind")
-        for col in ("op", "calls", "cycles", "share", "array utilization"):
+        for col in ("op", "calls", "cycles", "share", "MACs / (cycles x R x C)"):
             ops.add_column(col, justify="left" if col == "op" else "right")
         total = r["cycles"]["total"]
         for kind, cycles in sorted(r["cycles"]["by_op"].items(), key=lambda kv: -kv[1]):
-            util = r["matmul_utilization"].get(kind)
+            util = r["mac_utilization_by_op"].get(kind)
             ops.add_row(OP_LABELS.get(kind, kind), str(got.stats[kind]["calls"]), f"{cycles:,}",
                         f"{100 * cycles / total:.1f} %", "" if util is None else f"{100 * util:.1f} %")
         console.print(ops)

@@ -30,6 +30,7 @@ class SimDevice:
         self.compiler = compiler
         self.sim_seconds = 0.0
         self.cycles = 0
+        self.check_cycles = 0  # check-mode read-backs (Program kind "check"), not the model's
 
     def _runs(self, program: Program):
         run, din, out = [], 0, 0
@@ -55,16 +56,20 @@ class SimDevice:
             words += got
             cycles += c
             start_word += din
-        self.cycles += cycles
+        if program.kind == "check":
+            self.check_cycles += cycles
+        else:
+            self.cycles += cycles
         return words, cycles
 
 
 def _run_model(job: dict, compiler: Compiler, device: SimDevice, on_op) -> dict:
     im = load(job["model"])
-    ops = AcceleratorOps(compiler, device, on_op)
+    ops = AcceleratorOps(compiler, device, on_op, check=job.get("check", True))
     trace = {}
     out = vit.forward(im, job["codes"], trace, ops, job["depth"])
-    return {"out": out, "trace": trace, "stats": dict(ops.stats), "log": ops.log}
+    return {"out": out, "trace": trace, "stats": dict(ops.stats), "log": ops.log, "traffic": ops.traffic,
+            "check_traffic": dict(ops.check_traffic)}
 
 
 def _run_gemms(job: dict, compiler: Compiler, device: SimDevice, on_op) -> dict:
@@ -94,6 +99,6 @@ def run(link: HostProcess, cfg: TopConfig, job: dict, on_op=lambda name: None) -
     device = SimDevice(link, compiler)
     t0 = time.perf_counter()
     result = (_run_gemms if "gemms" in job else _run_model)(job, compiler, device, on_op)
-    result.update(cycles=device.cycles, sim_seconds=device.sim_seconds, rtl_seconds=link.rtl_seconds,
+    result.update(cycles=device.cycles, check_cycles=device.check_cycles, sim_seconds=device.sim_seconds, rtl_seconds=link.rtl_seconds,
                   wall_s=time.perf_counter() - t0)
     return result

@@ -34,6 +34,7 @@ def tiny_vit_model(tmp_path, cfg=QuantConfig(lis_rule="nearest")):
     ({"cols": 33}, "top cols must be an integer in 1..32, got 33"),
     ({"act_kib": 0}, "top act_kib"),
     ({"max_keys": 5000}, "top max_keys"),
+    ({"attnv_lanes": 65}, "top attnv_lanes must be an integer in 1..64, got 65"),
     ({"softmax_rule": "round"}, "rule"),
 ])
 def test_config_is_validated(fields, message):
@@ -79,7 +80,7 @@ def test_the_bench_extrapolates_a_whole_model_from_its_first_block():
     final LayerNorm + the head is the whole forward's sum."""
     from sw.bench import extrapolate
 
-    cost = {"linear": 50, "add": 3, "layernorm": 7, "logits": 11, "softmax_lis": 13, "attn_v": 17}
+    cost = {"linear": 50, "add": 3, "layernorm": 7, "attention": 11}
     first_block = {"log": [(op, cost[op]) for op in vit.op_sequence(1, head=False)], "full_depth": 12}
     assert extrapolate(first_block, head_cycles=cost["linear"]) == sum(cost[op] for op in vit.op_sequence(12))
 
@@ -100,7 +101,8 @@ def test_plan_checks_every_op_against_the_buffers(tmp_path):
     block = t * d * (3 * d + d + hidden) + t * hidden * d  # qkv, proj, fc1; fc2
     head = d * c["num_classes"]  # the class token only
     assert reference.stats["linear"]["macs"] == b * ((t - 1) * patch * d + c["depth"] * block + head)
-    assert reference.stats["logits"]["macs"] == b * c["depth"] * t * t * d  # heads x head_dim = embed_dim
+    # Q.K^T and attention x V, heads x head_dim = embed_dim each
+    assert reference.stats["attention"]["macs"] == b * c["depth"] * 2 * t * t * d
     with pytest.raises(CompileError, match="does not fit the activation buffer"):
         driver.plan(im, codes, TopConfig(32, 8, act_kib=1, softmax_rule="nearest"), 2)  # 32 words < K = 48
     with pytest.raises(CompileError, match="does not fit the weight buffer"):
@@ -109,6 +111,8 @@ def test_plan_checks_every_op_against_the_buffers(tmp_path):
         driver.plan(im, codes, TopConfig(8, 8, max_channels=64, softmax_rule="nearest"), 2)  # qkv: 96
     with pytest.raises(CompileError, match="exceed max_keys"):
         driver.plan(im, codes, TopConfig(8, 8, max_keys=8, softmax_rule="nearest"), 2)  # 17 keys
+    with pytest.raises(CompileError, match=r"heads of 16 channels exceed attention x V's 8 lanes"):
+        driver.plan(im, codes, TopConfig(8, 8, attnv_lanes=8, softmax_rule="nearest"), 2)  # embed 32, 2 heads
     with pytest.raises(CompileError, match="LIS rule"):
         driver.plan(im, codes, TopConfig(8, 8, softmax_rule="fqvit"), 2)
     with pytest.raises(CompileError, match=r"images are \(3, 8, 8\)"):

@@ -49,6 +49,15 @@ class RefOps:
     def attn_v(self, probs, v, z_v: int, mult: int, shift: int, z_out: int):
         return requantize(attnv_shift(probs, v, z_v), torch.tensor(mult), torch.tensor(shift), z_out)
 
+    def attention(self, q, k, v, z: int, logits_rq: tuple[int, int, int], table, rule: tuple[int, int], mask,
+                  attn_v_rq: tuple[int, int, int]):
+        """The LIS attention chain (the accelerator runs it on chip): Q.K^T requantized to logit
+        codes (`logits_rq`: mult, shift, zero), the LIS softmax, x V requantized (`attn_v_rq`).
+        Returns (logits, probs, out); a backend that cannot read the first two back gives None."""
+        logits = self.logits(q, k, z, *logits_rq)
+        probs = self.softmax_lis(logits, table, rule, mask)
+        return logits, probs, self.attn_v(probs, v, z, *attn_v_rq)
+
     def layernorm(self, x, z: int, alpha, G, B, fg: int, z_out: int):
         return layernorm(x, z, alpha, G, B, fg, z_out)
 
@@ -113,15 +122,22 @@ def mha(im, p: str, x: torch.Tensor, in_point: str, heads: int, rec: Tracer,
     qkv = rec(f"{p}.qkv", lin(im, f"{p}.qkv", x, in_point, f"{p}.qkv", ops))
     q, k, v = qkv.reshape(B, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
     z = im.zero(f"{p}.qkv")
+    table = im.t(f"{p}.softmax.exp")
+    rule = (im.i(f"{p}.softmax.num"), im.i(f"{p}.softmax.den")) if im.quant["lis"] else None
+    if im.quant["lis"] and bias is None:  # the chain a backend runs as one op
+        logits, probs, o = ops.attention(q, k, v, z, _requant_args(im, f"{p}.logits"), table, rule, mask,
+                                         _requant_args(im, f"{p}.attn_v"))
+        for name, value in ((f"{p}.logits", logits), (f"{p}.softmax", probs)):
+            if value is not None:
+                rec(name, value)
+        o = rec(f"{p}.attn_v", o).transpose(1, 2).reshape(B, N, C)
+        return rec(f"{p}.proj", lin(im, f"{p}.proj", o, f"{p}.attn_v", f"{p}.proj", ops))
     logits = rec(f"{p}.logits", ops.logits(q, k, z, *_requant_args(im, f"{p}.logits")))
-    logit_point = f"{p}.logits"
     if bias is not None:
         logits, logit_point = bias(logits)
         rec(logit_point, logits)
-    table = im.t(f"{p}.softmax.exp")
     if im.quant["lis"]:
-        probs = rec(f"{p}.softmax", ops.softmax_lis(logits, table, (im.i(f"{p}.softmax.num"),
-                                                                    im.i(f"{p}.softmax.den")), mask))
+        probs = rec(f"{p}.softmax", ops.softmax_lis(logits, table, rule, mask))
         o = ops.attn_v(probs, v, z, *_requant_args(im, f"{p}.attn_v"))
     else:
         if ops is not REF:

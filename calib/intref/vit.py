@@ -12,7 +12,7 @@ __all__ = ["forward", "tensor_names", "patchify", "PRE_OPS", "BLOCK_OPS", "HEAD_
 # The ops `forward` calls, in order (the ops API's method names): what a backend runs, and what the
 # bench's analytic model (sw/bench.py) adds up from a simulated first block.
 PRE_OPS = ("linear", "add")  # patch embedding, position-embedding add
-BLOCK_OPS = ("layernorm", "linear", "logits", "softmax_lis", "attn_v", "linear", "add",  # norm1 .. proj, add
+BLOCK_OPS = ("layernorm", "linear", "attention", "linear", "add",  # norm1, qkv, attention, proj, add
              "layernorm", "linear", "linear", "add")  # norm2, fc1 (GELU on its output), fc2, add
 HEAD_OPS = ("layernorm", "linear")  # final LayerNorm, classifier head
 
