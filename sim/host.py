@@ -56,6 +56,7 @@ module {name} (
     input clk,
     input load,               // pulse: read cmd.hex and din.hex, rewind
     input go,                 // level: stream while high
+    input jitter,             // level: random gaps on din and back-pressure on dout (tests)
     input dump,               // pulse: write the n_out result words to dout.hex
     input [31:0] n_cmd,
     input [31:0] n_din,
@@ -65,10 +66,15 @@ module {name} (
     output reg [63:0] cycles,
     output done
 );
-    reg go_s = 0;
+    reg go_s = 0, jitter_s = 0;
     reg [31:0] n_cmd_s = 0, n_din_s = 0;
+    // With jitter, a data word is offered only half the time (once offered, it stays until taken,
+    // as a stream requires) and results are taken half the time: maximal-length LFSR bits.
+    reg [31:0] lfsr = 32'h1;
+    reg din_held = 0;
     always @(posedge clk) begin
         go_s <= go;
+        jitter_s <= jitter;
         n_cmd_s <= n_cmd;
         n_din_s <= n_din;
     end
@@ -76,8 +82,13 @@ module {name} (
     reg [{dw}-1:0] din_mem [0:{din_depth}-1];
     reg [{ow}-1:0] dout_mem [0:{dout_depth}-1];
     wire cmd_valid = go_s && cmd_ptr < n_cmd_s;
-    wire din_valid = go_s && din_ptr < n_din_s;
+    wire din_valid = go_s && din_ptr < n_din_s && (!jitter_s || din_held || lfsr[0]);
+    wire dout_ready = go_s && (!jitter_s || lfsr[7]);
     wire cmd_ready, din_ready, dout_valid, busy;
+    always @(posedge clk) begin
+        lfsr <= {{lfsr[30:0], lfsr[31] ^ lfsr[21] ^ lfsr[1] ^ lfsr[0]}};
+        din_held <= din_valid && !din_ready;
+    end
     wire [{ow}-1:0] dout_payload;
     assign done = go_s && cmd_ptr == n_cmd_s && din_ptr == n_din_s && !busy;
 
@@ -85,7 +96,7 @@ module {name} (
         .clk(clk), .rst(1'b0),
         .cmd__valid(cmd_valid), .cmd__ready(cmd_ready), .cmd__payload(cmd_mem[cmd_ptr[{cmd_bits}-1:0]]),
         .din__valid(din_valid), .din__ready(din_ready), .din__payload(din_mem[din_ptr[{din_bits}-1:0]]),
-        .dout__valid(dout_valid), .dout__ready(go_s), .dout__payload(dout_payload),
+        .dout__valid(dout_valid), .dout__ready(dout_ready), .dout__payload(dout_payload),
         .busy(busy)
     );
 
@@ -101,7 +112,7 @@ module {name} (
             cycles <= cycles + 1;
             if (cmd_valid && cmd_ready) cmd_ptr <= cmd_ptr + 1;
             if (din_valid && din_ready) din_ptr <= din_ptr + 1;
-            if (dout_valid) begin
+            if (dout_valid && dout_ready) begin
                 dout_mem[n_out[{dout_bits}-1:0]] <= dout_payload;
                 n_out <= n_out + 1;
             end
@@ -133,8 +144,9 @@ class HostProcess:
     where its host memory files live; runs programs one after another on the same top, whose state
     (buffers, parameters) carries over between them. A context manager: the process ends with it."""
 
-    def __init__(self, executable: Path, workdir: Path):
+    def __init__(self, executable: Path, workdir: Path, jitter: bool = False):
         self.workdir = Path(workdir)
+        self.jitter = jitter  # random gaps on din, random back-pressure on dout (the cycles then include them)
         self.rtl_seconds = 0.0  # from `go` to `done`: the RTL running on its own
         self._proc = subprocess.Popen([str(executable)], cwd=self.workdir, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -180,7 +192,7 @@ class HostProcess:
         _write_hex(self.workdir / "cmd.hex", cmds)
         if din:
             _write_hex(self.workdir / "din.hex", din)
-        answer = self._request(f"run {len(cmds)} {len(din)} {max_cycles}")
+        answer = self._request(f"run {len(cmds)} {len(din)} {max_cycles} {int(self.jitter)}")
         if answer[0] == "timeout":  # report where the program stopped
             cmd_ptr, din_ptr, n_out = answer[1:]
             raise RuntimeError(

@@ -1,9 +1,10 @@
 // The simulation host's main loop (sim/host.py): the Verilated harness ``Vhost`` clocked from here,
 // one program per request on stdin, one answer per request on stdout.
 //
-//   run N_CMD N_DIN MAX_CYCLES   read cmd.hex / din.hex (in the working folder) and stream them
-//                                through the top until the harness is done, then write the result
-//                                words to dout.hex
+//   run N_CMD N_DIN MAX_CYCLES JITTER   read cmd.hex / din.hex (in the working folder) and stream
+//                                them through the top until the harness is done, then write the
+//                                result words to dout.hex; JITTER 1: random gaps on the data and
+//                                random back-pressure on the results
 //   -> done CYCLES N_OUT RTL_SECONDS
 //   -> timeout CMD_PTR DIN_PTR N_OUT   (the harness is then left as it stopped)
 //
@@ -29,12 +30,13 @@ int main(int argc, char** argv) {
     host->clk = 0;
     host->eval();
     char line[256];
-    unsigned long n_cmd, n_din, max_cycles;
+    unsigned long n_cmd, n_din, max_cycles, jitter;
     while (std::fgets(line, sizeof line, stdin)) {
-        if (std::sscanf(line, "run %lu %lu %lu", &n_cmd, &n_din, &max_cycles) != 3) {
-            std::printf("error: expected 'run N_CMD N_DIN MAX_CYCLES', got %s", line);
+        if (std::sscanf(line, "run %lu %lu %lu %lu", &n_cmd, &n_din, &max_cycles, &jitter) != 4) {
+            std::printf("error: expected 'run N_CMD N_DIN MAX_CYCLES JITTER', got %s", line);
             return 2;
         }
+        host->jitter = jitter != 0;
         host->n_cmd = n_cmd;
         host->n_din = n_din;
         host->load = 1;

@@ -133,18 +133,20 @@ def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
 
 
 def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
-            on_progress=None, check: bool = True) -> Run:
+            on_progress=None, check: bool = True, jitter: bool = False) -> Run:
     """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it
     runs. `check`: also read back what stays on chip (sw/ops.py), for `compare`; otherwise
-    (performance mode) only the final output is meant to be compared (`final_output`)."""
+    (performance mode) only the final output is meant to be compared (`final_output`). `jitter`:
+    the host offers data and takes results at random (sim/host.py), a test of the top's
+    handshakes; the cycles then include the waits."""
     result = simulate(compiled, cfg, {"model": str(model_path), "codes": codes, "depth": depth, "check": check},
-                      on_progress)
+                      on_progress, jitter)
     return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"],
                result["wall_s"], result["rtl_seconds"], result["log"], result["check_cycles"], result["traffic"],
                result["check_traffic"])
 
 
-def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=None) -> dict:
+def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=None, jitter: bool = False) -> dict:
     """Run a sw/sim_job.py job (a model, or benchmark GEMMs) on the Verilated top, in a harness
     process of its own; returns its result dict. `on_progress(ops_done)` after each op."""
     done = [0]
@@ -154,7 +156,7 @@ def simulate(compiled: toolchain.Build, cfg: TopConfig, job: dict, on_progress=N
         if on_progress:
             on_progress(done[0])
 
-    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, HostProcess(compiled.executable, Path(tmp)) as link:
+    with tempfile.TemporaryDirectory(prefix="fqvit-sim-") as tmp, HostProcess(compiled.executable, Path(tmp), jitter) as link:
         return sim_job.run(link, cfg, job, on_op)
 
 

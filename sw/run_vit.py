@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the top's Verilog for the sim backend: generic RTL (default) or ecp5, what synthesis reads "
                         "(DSP and block-RAM primitives simulated by their models in sim/models)")
     p.add_argument("--layers", type=count, default=None, help="run only the first K transformer blocks (ViT/DeiT)")
+    p.add_argument("--host-jitter", action="store_true",
+                   help="sim backend: the host offers data and takes results at random (a test of the "
+                        "accelerator's handshakes; cycles then include the waits)")
     p.add_argument("--mode", default="check", choices=("check", "perf"),
                    help="check (default): read back every intermediate tensor, also those the accelerator "
                         "keeps on chip, and compare each with the reference; perf: compare the final output only")
@@ -125,7 +128,7 @@ def run(args, console) -> dict:
         with Progress(*columns, console=console, disable=not progress) as bar:
             task = bar.add_task(f"{len(labels)} images through the Verilated top (ops)", total=n_ops)
             got = driver.run_sim(compiled, cfg, q.path, codes, layers, lambda n: bar.update(task, completed=n),
-                                 check=args.mode == "check")
+                                 check=args.mode == "check", jitter=args.host_jitter)
 
     perf = args.mode == "perf" and args.backend == "sim"
     tensors = driver.compare(*((driver.final_output(r.trace) for r in (reference, got)) if perf

@@ -47,8 +47,9 @@ class SimDevice:
     def execute(self, program: Program) -> tuple[list[int], int]:
         words, cycles, start_word = [], 0, 0
         for cmds, din, out in self._runs(program):
-            # generous bound: every word and operand beat at a tenth of the full rate
-            limit = 10 * (din + out + sum(c.get("k", 0) * c.get("tiles", 0) for c in cmds)) + 100_000
+            # generous bound: every word, operand beat and softmax key at a tenth of the full rate
+            limit = 10 * (din + out + sum(c.get("k", 0) * c.get("tiles", 0) * (c.get("extra_slabs", 0) + 1)
+                                          + c.get("keys", 0) * c.get("out_count", 0) for c in cmds)) + 100_000
             t0 = time.perf_counter()
             got, c = self.link.run(self.compiler.encode_commands(cmds), program.din[start_word:start_word + din],
                                    out, limit)

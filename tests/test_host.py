@@ -2,6 +2,7 @@
 simulator goes wrong."""
 
 import pytest
+import torch
 
 from hw.top import Op, TopConfig
 from sim.host import HostProcess
@@ -24,6 +25,13 @@ def test_a_program_that_does_not_finish_and_a_dead_simulator_are_reported(tmp_pa
     with HostProcess(compiled.executable, tmp_path) as link:
         with pytest.raises(RuntimeError, match="the accelerator gave 0 result words, the program expects 3"):
             link.run(load, [1, 2, 3, 4], 3, 1000)
+        # a result word beyond the program's count fails the run (under random back-pressure too)
+        prog = Compiler(cfg).linear(torch.randint(0, 256, (3, 4)), torch.randint(-128, 128, (3, 4)), 0, None,
+                                    torch.full((3,), 1 << 14), torch.full((3,), 16), 0, False)
+        link.jitter = True
+        with pytest.raises(RuntimeError, match=f"the accelerator gave {prog.out_words} result words, the program "
+                                               f"expects {prog.out_words - 1}"):
+            link.run(Compiler(cfg).encode_commands(prog.commands), prog.din, prog.out_words - 1, 10_000)
         link._proc.kill()
         with pytest.raises(RuntimeError, match="the simulator process stopped answering"):
             link.run(load, [1, 2, 3, 4], 0, 1000)
