@@ -94,7 +94,7 @@ class TopConfig:
 
     rows: int = 8
     cols: int = 8
-    act_kib: int = 16
+    act_kib: int = 32
     weight_kib: int = 64
     max_channels: int = 1024
     max_keys: int = 256

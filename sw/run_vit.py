@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="timm models without --data: seeded random images")
     p.add_argument("--images", type=count, default=8, help="test images to run (default 8)")
     p.add_argument("--array", type=arg_type(array_size), default=(8, 8), help="systolic array RxC (default 8x8)")
-    p.add_argument("--act-kib", type=count, default=16, help="activation buffer KiB (default 16)")
+    p.add_argument("--act-kib", type=count, default=32, help="activation buffer KiB (default 32: K up to 4096 at 8 rows, ViT-L's fc2)")
     p.add_argument("--weight-kib", type=count, default=64, help="weight buffer KiB (default 64)")
     p.add_argument("--target", choices=tuple(PRIMITIVE_MODELS), default="generic",
                    help="the top's Verilog for the sim backend: generic RTL (default) or ecp5, what synthesis reads "
