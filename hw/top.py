@@ -16,11 +16,16 @@ beside another command (the ``MATMUL`` in flight); see the two engines in ``elab
   the buffers feed the array one beat per cycle, and every result row goes through the
   requantizer (channel group ``group + t``) and the GELU table to ``dout`` as an ``epilogue``
   word holding both the requantized codes (or int32, ``wide``) and their GELU codes.
-* ``STREAM``: ``count`` words through ``unit`` (LayerNorm, softmax, attention x V, residual add),
-  its outputs to ``dout``.
+* ``LOAD_V``: ``count`` words into the attention chain's V buffer (``attnv_lanes`` codes a word: V's
+  row of one key).
+* ``ATTEND``: one head's attention on chip (hw/attention.py): the issue engine walks Q's slabs in
+  the activation buffer against K^T's tiles in the weight buffer, the requantized logit rows go
+  to the chain (slab buffer, LIS softmax, V lookup, attention x V), and each query's attention x V
+  row leaves on ``dout`` (with ``tap``: each softmax code, the driver's check mode).
+* ``STREAM``: ``count`` words through ``unit`` (LayerNorm, residual add), its outputs to ``dout``.
 
-Why the activations stream in and out between operations instead of living in a scratchpad, and
-what that costs, is in docs/architecture.md ("Accelerator top").
+What still streams in and out between operations instead of living in a scratchpad, and what that
+costs, is in docs/architecture.md ("Accelerator top").
 """
 
 from amaranth.lib import enum
@@ -70,7 +75,7 @@ class UnitId(enum.Enum, shape=3):
     GELU = 1
     LAYERNORM = 2
     SOFTMAX = 3
-    ATTNV = 4
+    ATTNV = 4  # no PARAMS or STREAM: only ATTEND feeds it
     RESIDUAL = 5
 
 
@@ -545,7 +550,7 @@ class Accelerator(Component):
         def used(*routes):
             return busy & functools.reduce(lambda a, b: a | b, routes)
         in_use = {"array": used(route_array), "requant": used(route_array, route_params[UnitId.REQUANT]),
-                  "gelu": used(route_array, route_params[UnitId.GELU]),
+                  "gelu": used(route_array & ~route_attend, route_params[UnitId.GELU]),
                   **{uid.name.lower(): used(route_stream[uid], route_params[uid]) for uid in STREAM_UNITS},
                   "softmax": used(route_attend, route_params[UnitId.SOFTMAX]), "attnv": used(route_attend),
                   "attention": used(route_attend, route_load_v)}

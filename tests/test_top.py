@@ -228,16 +228,20 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
 def test_gated_unit_clocks_change_no_result_and_no_cycle():
     """Simulation builds run each unit on a clock gated off while no command uses it
     (Accelerator(gate_idle_units=True), what sw/driver.build_sim compiles). In Amaranth's
-    simulator, a program of params, weight loads, MATMULs and a residual add, with gaps in the
-    data and random back-pressure on the results, gives the same words in the same cycles as on
-    the ungated top."""
-    cfg = TopConfig(2, 3, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, softmax_rule="nearest")
+    simulator, a program of params, weight loads, MATMULs, a residual add and an attention head
+    (the chain, the softmax and attention x V), with gaps in the data and random back-pressure on
+    the results, gives the same words in the same cycles as on the ungated top."""
+    cfg = TopConfig(2, 3, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, attnv_lanes=4,
+                    softmax_rule="nearest")
     gen = torch.Generator().manual_seed(1)
     compiler = Compiler(cfg)
     x, w = torch.randint(0, 256, (5, 7), generator=gen), torch.randint(-128, 128, (8, 7), generator=gen)
     a, b = torch.randint(0, 256, (5, 8), generator=gen), torch.randint(0, 256, (5, 8), generator=gen)
     progs = [compiler.linear(x, w, 3, None, torch.full((8,), 1 << 15), torch.full((8,), 20), 0, False),
-             compiler.add(a, 3, torch.full((8,), 900), b, 5, torch.full((8,), 700), 10, 2)]
+             compiler.add(a, 3, torch.full((8,), 900), b, 5, torch.full((8,), 700), 10, 2),
+             compiler.attention(*(torch.randint(0, 256, (1, 5, 4), generator=gen) for _ in range(3)), 100,
+                                (20000, 22, 128), torch.randint(0, 1 << 15, (256,), generator=gen),
+                                cfg.units()["softmax"].num_den, None, (20000, 30, 120))]
     cmds = compiler.encode_commands([c for p in progs for c in p.commands])
     din = [word for p in progs for word in p.din]
     out_words = sum(p.out_words for p in progs)
