@@ -148,6 +148,16 @@ def test_linear_program_accounting(tmp_path):
     assert prog.out_words == 10 * 4 and prog.macs == 10 * 20 * 48
     assert prog.array_beats == 3 * (3 * 48) + 3 * 48
 
+    # host link bytes: the weights (4 tiles of 6 channels x 48, padded) and the requantizer's 20
+    # channel parameters; each slab (48 words of 4 codes) once per weight load; each result an
+    # epilogue row (6 int32 lanes, 6 GELU codes, keep and last); one command word each
+    compiler = Compiler(cfg)
+    link = compiler.link_bytes(prog)
+    param_bytes = -(-cfg.units()["requant"].param_layout.size // 8)
+    assert link == {"program": len(prog.commands) * -(-cfg.cmd_layout.size // 8),
+                    "weights": 4 * 6 * 48 + 20 * param_bytes, "data_in": 2 * 3 * 48 * 4,
+                    "data_out": 10 * 4 * -(-cfg.epilogue_layout.size // 8)}
+
 
 def run_on_pysim(dut, cmds: list[int], din: list[int], out_words: int, seed: int, p_din: float, p_ready: float,
                  check=lambda ctx: None) -> list[tuple[int, int]]:
@@ -272,3 +282,14 @@ def test_the_sim_backends_top_verilog_is_generated_once_per_source_config_and_ta
     driver.top_verilog(dataclasses.replace(small, max_keys=32), "generic", True)
     (package / "__init__.py").write_text("X = 2\n")
     assert driver.top_verilog(small, "generic", True) == first and len(generated) == 4
+
+
+def test_host_link_bytes_split_the_input_and_the_output_from_the_activations():
+    """The first program's loads are the image, the last one's results the logits (whole runs only);
+    everything else that crosses in either direction is activations."""
+    traffic = [{"program": 1, "weights": 10, "data_in": 100, "data_out": 7},
+               {"program": 2, "weights": 20, "data_in": 30, "data_out": 40},
+               {"program": 3, "weights": 30, "data_in": 5, "data_out": 9}]
+    assert driver.host_link_bytes(traffic, whole=True) == {"program": 6, "input": 100, "weights": 60,
+                                                           "activations": 7 + 30 + 40 + 5, "output": 9}
+    assert driver.host_link_bytes(traffic, whole=False)["activations"] == 7 + 30 + 40 + 5 + 9
