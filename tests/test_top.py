@@ -1,6 +1,7 @@
 """The accelerator top's configuration and the compiler's checks, without a simulator."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -293,3 +294,19 @@ def test_host_link_bytes_split_the_input_and_the_output_from_the_activations():
     assert driver.host_link_bytes(traffic, whole=True) == {"program": 6, "input": 100, "weights": 60,
                                                            "activations": 7 + 30 + 40 + 5, "output": 9}
     assert driver.host_link_bytes(traffic, whole=False)["activations"] == 7 + 30 + 40 + 5 + 9
+
+
+def test_the_bench_quotes_only_the_clock_of_the_top_it_runs(monkeypatch, tmp_path):
+    """images/s use the fmax of the default top's own row in the synthesis report; an older top's
+    row of the same array size does not count."""
+    import rtl_gen.synth
+    from sw.bench import ARRAY, fmax_of_top
+
+    report = tmp_path / "synthesis.json"
+    monkeypatch.setattr(rtl_gen.synth, "DEFAULT_JSON", str(report))
+    rows = [{"unit": "top", "top": "fqvit_top_8x8_00000000", "config": {"rows": 8, "cols": 8}, "fmax_mhz": 99.0}]
+    report.write_text(json.dumps(rows))
+    assert fmax_of_top()[0] is None
+    rows.append({**rows[0], "top": TopConfig(*ARRAY).name, "fmax_mhz": 123.4})
+    report.write_text(json.dumps(rows))
+    assert fmax_of_top()[0] == 123.4
