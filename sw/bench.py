@@ -114,14 +114,21 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
             "rtl_s": got.rtl_seconds, "mismatches": mismatches, "calibrate_s": q.calibrate_s, "im": q.im}
 
 
+def first_block(run: dict) -> list:
+    """The (op kind, cycles) entries of a run's first transformer block."""
+    from calib.intref.vit import BLOCK_OPS, PRE_OPS
+
+    return run["log"][len(PRE_OPS):len(PRE_OPS) + len(BLOCK_OPS)]
+
+
 def extrapolate(run: dict, head_cycles: int) -> int:
     """Cycles of the whole model from a run of its first block: pre (patch embed + position add),
     depth x block, the final LayerNorm (the size of the block's first, norm1) and the head."""
-    from calib.intref.vit import BLOCK_OPS, PRE_OPS
+    from calib.intref.vit import PRE_OPS
 
-    log = [c for _, c in run["log"]]
-    pre, block = sum(log[:len(PRE_OPS)]), sum(log[len(PRE_OPS):len(PRE_OPS) + len(BLOCK_OPS)])
-    return pre + run["full_depth"] * block + log[len(PRE_OPS)] + head_cycles
+    block = first_block(run)
+    pre = sum(c for _, c in run["log"][:len(PRE_OPS)])
+    return pre + run["full_depth"] * sum(c for _, c in block) + block[0][1] + head_cycles
 
 
 def bare_array_speed() -> float:
@@ -297,7 +304,6 @@ def measure(args, console) -> dict:
     import platform
 
     from calib.catalog import DIGITS
-    from calib.intref.vit import BLOCK_OPS, PRE_OPS
 
     r = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "repeat": args.repeat}
     shapes = gemm_shapes(["digits", "DeiT-T"] if args.quick else list(MODEL_NAMES))
@@ -332,12 +338,12 @@ def measure(args, console) -> dict:
     r["blocks"] = []
     for name, run in block_runs.items():
         t, d, h, _ = DEIT[name]
-        cycles = sum(c for _, c in run["log"][len(PRE_OPS):len(PRE_OPS) + len(BLOCK_OPS)])
+        cycles = sum(c for _, c in first_block(run))
         macs = t * d * (4 * d + 2 * h) + 2 * t * t * d  # qkv, proj, fc1, fc2; Q.K^T, attention x V
         r["blocks"].append({"model": name, "cycles": cycles, "macs": macs,
                             "mac_utilization": macs / (cycles * ARRAY[0] * ARRAY[1])})
     deit_cycles = deit_full["cycles"]
-    r["timeline"] = {"model": "DeiT-Tiny", "ops": [list(op) for op in deit["log"][len(PRE_OPS):len(PRE_OPS) + len(BLOCK_OPS)]]}
+    r["timeline"] = {"model": "DeiT-Tiny", "ops": [list(op) for op in first_block(deit)]}
     # every multiply-accumulate of the model (attention x V's too, done beside the array) over cycles x R x C
     r["models"] = [
         {"model": "digits-vit", "images": 8, "cycles_per_image": full / 8,
