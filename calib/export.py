@@ -29,7 +29,7 @@ from .intref.softmax import exp_table
 from .qsim import QuantSim
 from .quantizer import QParams, quantize
 
-__all__ = ["FORMAT", "VERSION", "ExportError", "IntModel", "Builder", "save", "load"]
+__all__ = ["FORMAT", "VERSION", "ExportError", "IntModel", "Builder", "fingerprint", "save", "load"]
 
 FORMAT = "fqvit-int"
 VERSION = 1
@@ -90,6 +90,15 @@ def _digest(tensors: dict) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def fingerprint(im: IntModel) -> str:
+    """What the integer model computes, as a digest: its tensors and everything beside them. Two
+    exports of the same calibration share it even when their files' bytes differ (the metadata's
+    JSON need not serialize identically)."""
+    rest = json.dumps({"arch": im.arch, "model": im.model, "config": im.config, "quant": im.quant, "input": im.input,
+                       "ints": im.ints}, sort_keys=True)
+    return hashlib.sha256(rest.encode() + _digest(im.tensors).encode()).hexdigest()[:16]
 
 
 def save(im: IntModel, path: str | Path) -> Path:

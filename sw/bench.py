@@ -15,7 +15,12 @@ Everything is measured on this machine in one run, on the Verilated top with an 
    Python (the cocotb testbench), and the simulation build of the top (idle units' clocks gated)
    against the ungated top on the same harness and flags, on the same work, all measured in the
    same run;
-4. calibration time of the digits model and of the DeiT-Tiny architecture.
+4. calibration time of the digits model and of the DeiT-Tiny architecture;
+5. scale-out: images/s of sharded runs (sw/shards.py) with 1 and 2 Ray workers on one local Ray
+   instance, the same shards alternated in the same run, for digits (whole model) and DeiT-Tiny
+   (first block) on the sim backend; and from the measured seconds per image, the workers needed
+   to push ImageNet's 50,000 validation images through the integer reference in 1 hour and
+   through the RTL in 24 hours.
 
 Machine-dependent figures are medians of ``--repeat`` runs. The numbers also go to ``--json``
 (default: beside ``--out``), from which ``--from-json`` rewrites the page.
@@ -97,11 +102,18 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
     from calib.pipeline import quantize
     from sw import driver
 
+    from calib.pipeline import integer_forward
+
     q = quantize(model, QuantConfig(lis_rule=DEFAULT_LIS_RULE), synthetic=model != DIGITS, images=images,
                  batch_size=images, progress=False)
     depth = q.im.config["depth"] if layers is None else layers
     cfg = cfg or driver.top_config(q.im, *ARRAY)
+    t0 = time.perf_counter()
+    integer_forward(q.im, q.codes)  # the ref backend's cost of the whole model
+    ref_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     reference, _ = driver.plan(q.im, q.codes, cfg, depth)
+    plan_s = time.perf_counter() - t0  # what a sim shard spends on the reference and the compiler
     compiled = (build or driver.build_sim)(cfg)
     t0 = time.perf_counter()
     got = driver.run_sim(compiled, cfg, q.path, q.codes, depth, check=False)  # performance mode
@@ -111,7 +123,8 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
     return {"model": model, "images": images, "layers": depth, "full_depth": q.im.config["depth"],
             "cycles": got.cycles, "log": got.log, "wall_s": wall,
             "macs": sum(s["macs"] for kind, s in got.stats.items() if kind != "check"), "sim_s": got.sim_seconds,
-            "rtl_s": got.rtl_seconds, "mismatches": mismatches, "calibrate_s": q.calibrate_s, "im": q.im}
+            "rtl_s": got.rtl_seconds, "mismatches": mismatches, "calibrate_s": q.calibrate_s, "im": q.im,
+            "ref_s": ref_s, "plan_s": plan_s}
 
 
 def first_block(run: dict) -> list:
@@ -129,6 +142,67 @@ def extrapolate(run: dict, head_cycles: int) -> int:
     block = first_block(run)
     pre = sum(c for _, c in run["log"][:len(PRE_OPS)])
     return pre + run["full_depth"] * sum(c for _, c in block) + block[0][1] + head_cycles
+
+
+SCALING = (("digits-vit, whole model", "digits-vit", 48, None, 4),
+           ("DeiT-Tiny, first block", "deit_tiny_patch16_224", 4, 1, 1))  # run, model, images, layers, shard
+WORKERS = (1, 2)
+IMAGENET_VAL = 50_000
+
+
+def scaling(repeat: int) -> list[dict]:
+    """Images/s of sharded sim-backend runs (performance mode) on one local Ray instance, with each
+    of WORKERS on the same shards, alternated `repeat` times (medians), after every worker process
+    has warmed up (its imports, the shipped model, the build found in the cache): the evaluation's
+    own rate, not Ray's start."""
+    from calib.config import QuantConfig
+    from calib.export import fingerprint
+    from calib.pipeline import quantize
+    from sw import driver, shards
+    from sw.results_store import ResultsStore
+
+    out = []
+    with shards.ray_session(max(WORKERS)):
+        for name, model, images, layers, shard in SCALING:
+            q = quantize(model, QuantConfig(lis_rule=DEFAULT_LIS_RULE), synthetic=model != "digits-vit",
+                         images=images, batch_size=images, progress=False)
+            cfg = driver.top_config(q.im, *ARRAY)
+            driver.build_sim(cfg)
+            setup = shards.Setup("sim", fingerprint(q.im), cfg, "generic", layers or q.im.config["depth"],
+                                 full=layers is None, check=False, jitter=False)
+
+            def rate(workers, n):
+                with ResultsStore(None, setup.store_config()) as store:
+                    t0 = time.perf_counter()
+                    shards.evaluate(setup, q.path, q.codes[:n], q.labels[:n], store, workers=workers, on_ray=True,
+                                    shard_images=shard)
+                    seconds = time.perf_counter() - t0
+                    bad = [r["image"] for r in store.records(range(n)) if not r["bit_exact"]]
+                if bad:
+                    raise NotBitExact(f"{name}: images {bad} are not bit-exact on the sharded run")
+                return n / seconds
+
+            rate(max(WORKERS), max(WORKERS) * shard)  # warm-up: every worker process started
+            runs = {w: [] for w in WORKERS}
+            for _ in range(repeat):
+                for w in WORKERS:
+                    runs[w].append(rate(w, images))
+            ips = {str(w): statistics.median(v) for w, v in runs.items()}
+            out.append({"run": name, "images": images, "shard_images": shard, "images_per_s": ips,
+                        "speedup": ips[str(WORKERS[-1])] / ips[str(WORKERS[0])]})
+    return out
+
+
+def workers_needed(runs: dict, efficiency: float) -> list[dict]:
+    """Workers for IMAGENET_VAL images through the integer reference in 1 hour and through the RTL
+    in 24 hours, from `runs` (model: (seconds per image on the reference, on the RTL with its
+    reference, how)), at the parallel `efficiency` measured (speedup over workers)."""
+    import math
+
+    return [{"model": model, "ref_s": ref_s, "rtl_s": rtl_s, "how": how,
+             "ref_workers_1h": math.ceil(IMAGENET_VAL * ref_s / 3600 / efficiency),
+             "rtl_workers_24h": math.ceil(IMAGENET_VAL * rtl_s / 86400 / efficiency)}
+            for model, (ref_s, rtl_s, how) in runs.items()]
 
 
 def bare_array_speed() -> float:
@@ -282,6 +356,26 @@ def markdown(r: dict) -> str:
               "## Calibration time", "", "| model | calibration images | seconds |", "|---|---|---|"]
     for c in r["calibration"]:
         lines.append(f"| {c['model']} | {c['images']} | {c['seconds']:.2f} |")
+    lines += ["", "## Scale-out on Ray", "",
+              "`run_vit.py --workers W` (sw/shards.py): the images in shards, each a Ray task that runs its images "
+              "in one batch on the sim backend. Measured on one local Ray instance in the same run, the same shards "
+              f"with 1 and 2 workers alternated (medians of {r['repeat']}), after the worker processes have started; "
+              "images/s of the evaluation, performance mode. This machine has "
+              f"{r['machine'].rsplit(', ', 1)[-1]}: 2 workers share them with the driver and Ray's own processes.", "",
+              "| run | images | images per shard | 1 worker, images/s | 2 workers, images/s | speedup |",
+              "|---|---|---|---|---|---|"]
+    for s in r["scaling"]:
+        lines.append(f"| {s['run']} | {s['images']} | {s['shard_images']} | {s['images_per_s']['1']:.2f} | "
+                     f"{s['images_per_s']['2']:.2f} | {s['speedup']:.2f}x |")
+    lines += ["", f"Workers (one core each) to run ImageNet's {IMAGENET_VAL:,} validation images, from the seconds "
+              "per image measured above on this machine, at the parallel efficiency the DeiT-Tiny row measured "
+              f"({100 * r['scaling_efficiency']:.0f} %: speedup over workers). The RTL's seconds include the shard's "
+              "own integer reference and compilation (a shard compares its images with it).", "",
+              "| model | integer reference, s/image | RTL, s/image | workers: reference in 1 h | workers: RTL in 24 h | how |",
+              "|---|---|---|---|---|---|"]
+    for w in r["workers_needed"]:
+        lines.append(f"| {w['model']} | {w['ref_s']:.2f} | {w['rtl_s']:.1f} | {w['ref_workers_1h']:,} | "
+                     f"{w['rtl_workers_24h']:,} | {w['how']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -371,6 +465,15 @@ def measure(args, console) -> dict:
     r["speedup_vs_bare"] = r["speed"][0]["rtl_cycles_per_s"] / r["bare_cycles_per_s"]
     r["calibration"] = [{"model": "digits-vit", "images": 250, "seconds": statistics.median(d["calibrate_s"] for d in digits)},
                         {"model": "deit_tiny_patch16_224 (random init)", "images": 8, "seconds": deit["calibrate_s"]}]
+    console.print(f"Scale-out: {', '.join(s[0] for s in SCALING)} with {' and '.join(map(str, WORKERS))} Ray workers")
+    r["scaling"] = scaling(args.repeat)
+    r["scaling_efficiency"] = min(1.0, r["scaling"][-1]["speedup"] / WORKERS[-1])
+    per_image = {"DeiT-T": (deit_full["ref_s"], deit_full["plan_s"] + deit_full["wall_s"], "whole model, simulated")}
+    for name in ("DeiT-S", "DeiT-B"):
+        run = block_runs[name]
+        per_image[name] = (run["ref_s"], run["full_depth"] * (run["plan_s"] + run["wall_s"]),
+                           f"RTL: {run['full_depth']} x the first block's")
+    r["workers_needed"] = workers_needed(per_image, r["scaling_efficiency"])
     return r
 
 

@@ -6,6 +6,7 @@
     run_sim(...)   the ``sim`` backend: build the Verilated top (cached) and run the model on it
                    (sw/sim_job.py, through the harness process of sim/host.py)
     compare(...)   every traced intermediate of a backend against the reference, bit for bit
+    compare_images(...)  the same, counted per image as well (sw/shards.py's records)
 """
 
 import hashlib
@@ -33,7 +34,7 @@ from . import sim_job
 from .compiler import CompileError, Compiler
 from .ops import PlanOps
 
-__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "top_verilog", "run_ref", "run_sim", "simulate", "compare"]
+__all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "top_verilog", "run_ref", "run_sim", "simulate", "compare", "compare_images"]
 
 
 @dataclass
@@ -192,3 +193,26 @@ def compare(reference: dict, got: dict) -> dict:
     for name in got.keys() - reference.keys():
         report[name] = {"elements": got[name].numel(), "mismatches": got[name].numel()}
     return report
+
+
+def compare_images(reference: dict, got: dict, images: int) -> tuple[list[dict], dict]:
+    """`compare`, and per image of the batch: a list of {elements, mismatches}, one per image, and
+    `compare`'s per-tensor report. Every traced tensor leads with the images on dim 0, or with each
+    image's rows together there (Swin's windows: images x windows). A tensor missing on either
+    side, or of another shape, counts as entirely mismatching in every image."""
+    tensors = compare(reference, got)
+    per_image = [{"elements": 0, "mismatches": 0} for _ in range(images)]
+    for name, t in tensors.items():
+        want = reference.get(name, got.get(name))
+        if want.shape[0] % images:
+            raise ValueError(f"traced tensor {name} has {want.shape[0]} rows on dim 0, not a multiple of the "
+                             f"{images} images")
+        have = got.get(name)
+        if name in reference and have is not None and tuple(have.shape) == tuple(want.shape):
+            bad = (have.to(torch.int64) != want.to(torch.int64)).reshape(images, -1).sum(1).tolist()
+        else:
+            bad = [t["elements"] // images] * images
+        for i in range(images):
+            per_image[i]["elements"] += t["elements"] // images
+            per_image[i]["mismatches"] += int(bad[i])
+    return per_image, tensors

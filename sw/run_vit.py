@@ -6,12 +6,15 @@ Verilated accelerator top, built once and cached). Every intermediate tensor of 
 compared with the integer reference, bit for bit. The report gives top-1 of float / fake-quant /
 integer reference / backend, the mismatch count, cycles per op kind, MAC utilization and images/s
 at the stated clock; ``--json`` writes it to a file. Swin models run on the ``ref`` backend only.
+``--workers W`` runs the images in shards on Ray (sw/shards.py), ``--results DIR`` keeps one
+record per image and resumes from them (sw/results_store.py); the report is computed from them.
 
     python sw/run_vit.py --backend sim                          # embedded digits model, 8x8 array
     python sw/run_vit.py --backend sim --array 4x6 --images 4
     python sw/run_vit.py --backend sim --model deit_tiny_patch16_224 --synthetic --images 1 --layers 1
     python sw/run_vit.py --model deit_tiny_patch16_224 --checkpoint deit_tiny.pth --data /imagenet
     python sw/run_vit.py --backend ref --model swin_tiny_patch4_window7_224 --synthetic --images 1
+    python sw/run_vit.py --backend sim --images 500 --workers 2 --results runs/digits
 """
 
 # Only torch-free modules at the top: --help and usage errors answer without loading torch.
@@ -26,6 +29,7 @@ from fqvit import cache
 from fqvit.cli import arg_type, guarded, number, writable_file
 from fqvit.contract import DEFAULT_LIS_RULE, LIS_RULES
 from sim.toolchain import PRIMITIVE_MODELS  # the generation targets (rtl_gen.TARGETS), torch- and Amaranth-free
+from sw.shards import MAX_SHARD_IMAGES
 
 OP_LABELS = {"linear": "linear (matmul + requant/GELU)", "attention": "attention (Q.K^T, LIS softmax, x V on chip)",
              "layernorm": "LayerNorm", "add": "residual add"}
@@ -61,6 +65,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="check", choices=("check", "perf"),
                    help="check (default): read back every intermediate tensor, also those the accelerator "
                         "keeps on chip, and compare each with the reference; perf: compare the final output only")
+    p.add_argument("--workers", type=count, default=1,
+                   help="run the images in shards on W Ray workers (default 1: in this process, no Ray); without "
+                        "--ray a local Ray instance starts on this machine")
+    p.add_argument("--ray", metavar="ADDRESS", help="join this Ray cluster (what `ray start --head` prints) and "
+                   "keep --workers shards in flight on it")
+    p.add_argument("--results", type=arg_type(results_folder), metavar="DIR",
+                   help="store one record per image in DIR/results.sqlite as it completes; the same command "
+                        "again skips the images stored there (resume) and reports from the records")
+    p.add_argument("--shard-images", type=count, default=None, metavar="S",
+                   help=f"images per shard (one batch on one worker; default: split over the workers, at most "
+                        f"{MAX_SHARD_IMAGES})")
+    p.add_argument("--inject-crash", type=number(int, 0), default=None, metavar="K",
+                   help="fault injection (testing): the first attempt of shard K kills its Ray worker process; "
+                        "Ray retries the shard")
     p.add_argument("--observer", default="minmax", choices=OBSERVER_NAMES, help="activation observer")
     p.add_argument("--lis-rule", default=DEFAULT_LIS_RULE, choices=sorted(LIS_RULES),
                    help=f"LIS rounding rule (default {DEFAULT_LIS_RULE})")
@@ -72,8 +90,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def results_folder(text: str):
+    """--results: a folder (created if missing), not a file."""
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; expected a folder for the results store")
+    return path
+
+
 def refusal(args) -> str | None:
     """Why the run cannot go ahead, decided from the arguments alone (before calibrating); None if it can."""
+    if args.inject_crash is not None and args.workers == 1 and args.ray is None:
+        return ("--inject-crash kills a Ray worker process; with --workers 1 and no --ray the shards run in this "
+                "process (use --workers 2 or more)")
     if args.target != "generic" and args.backend != "sim":
         return f"--target {args.target} chooses the Verilog the sim backend builds; --backend {args.backend} runs none"
     if family_name(args.model) == "swin":
@@ -87,96 +118,154 @@ def refusal(args) -> str | None:
 
 def run(args, console) -> dict:
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from calib.config import QuantConfig
-    from calib.pipeline import integer_forward, quantize
-    from sw import driver
+    from calib.export import fingerprint
+    from calib.pipeline import quantize
+    from sw import driver, shards
     from sw.compiler import CompileError
+    from sw.results_store import ResultsStore
 
     torch.set_grad_enabled(False)
     t_start = time.perf_counter()
     progress = not args.quiet
-    # PTF and LIS (the accelerator's softmax) always on; all test images in one batch
+    # PTF and LIS (the accelerator's softmax) always on; the driver evaluates float and fake-quant
     q = quantize(args.model, QuantConfig(args.observer, ptf=True, lis=True, lis_rule=args.lis_rule),
                  checkpoint=args.checkpoint, data_dir=args.data, synthetic=args.synthetic, images=args.images,
                  batch_size=args.images, progress=progress)
     im, codes, labels = q.im, q.codes, q.labels
 
     rows, cols = args.array
+    n_ops = None
     if im.arch == "vit":
         depth = im.config["depth"]
         layers = depth if args.layers is None else args.layers
         if layers > depth:
             raise CompileError(f"--layers must be in 1..{depth} ({args.model} has {depth} blocks), got {layers}")
         cfg = driver.top_config(im, rows, cols, act_kib=args.act_kib, weight_kib=args.weight_kib)
-        with console.status("Compiling every op for the accelerator and running the integer reference"):
-            reference, n_ops = driver.plan(im, codes, cfg, layers)
+        with console.status("Compiling every op for the accelerator (on the first image)"):
+            n_ops = driver.plan(im, codes[:1], cfg, layers)[1]  # errors before any build or shard
     else:  # Swin: the integer reference only (refusal() turned away --backend sim and --layers)
         depth = layers = sum(im.config["depths"])
         cfg = None
-        with console.status("Running the integer reference"):
-            trace = {}
-            reference = driver.Run(integer_forward(im, codes, trace), trace)
-
-    if args.backend == "ref":
-        got = driver.run_ref(im, codes, args.layers)
-    else:
-        with console.status(f"Generating the {rows}x{cols} top ({args.target}) and building it with Verilator (cached after the first run)"):
-            compiled = driver.build_sim(cfg, args.target)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, disable=not progress) as bar:
-            task = bar.add_task(f"{len(labels)} images through the Verilated top (ops)", total=n_ops)
-            got = driver.run_sim(compiled, cfg, q.path, codes, layers, lambda n: bar.update(task, completed=n),
-                                 check=args.mode == "check", jitter=args.host_jitter)
-
     perf = args.mode == "perf" and args.backend == "sim"
-    tensors = driver.compare(*((driver.final_output(r.trace) for r in (reference, got)) if perf
-                               else (reference.trace, got.trace)))
-    mismatches = sum(t["mismatches"] for t in tensors.values())
-    full = layers == depth
-    predictions = got.out.argmax(-1) if full else None  # a partial run ends in the residual stream, not logits
-    top1 = {**q.evaluation.top1(),
-            "backend": 100.0 * float((predictions == labels).float().mean()) if full else None}
+    setup = shards.Setup(args.backend, fingerprint(im), cfg, args.target, layers if im.arch == "vit" else None,
+                         full=layers == depth, check=not perf, jitter=args.host_jitter)
+    if args.backend == "sim" and args.ray is None:  # this machine's workers find the build in the cache
+        with console.status(f"Generating the {rows}x{cols} top ({args.target}) and building it with Verilator "
+                            "(cached after the first run)"):
+            driver.build_sim(cfg, args.target)
+
     images = len(labels)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    where = (f"{args.workers} Ray workers" + (f" at {args.ray}" if args.ray else "")
+             if args.workers > 1 or args.ray else "this process")
+    with ResultsStore(args.results, setup.store_config()) as store, \
+            Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task(f"images on the {args.backend} backend ({where})", total=images, rate="")
+        ops_task = (bar.add_task("  ops of the current shard", total=n_ops, rate="")
+                    if n_ops and args.workers == 1 and args.ray is None and args.backend == "sim" else None)
+        t_eval, first = time.perf_counter(), []
+
+        def on_progress(done, total, ops):
+            if not first:
+                first.append(done)  # images stored by an earlier run: not in the rate
+            elapsed = time.perf_counter() - t_eval
+            rate = (done - first[0]) / elapsed if elapsed > 0 and done > first[0] else None
+            bar.update(task, completed=done, rate=f"{rate:.2f} images/s" if rate else "")
+            if ops_task is not None:
+                bar.update(ops_task, completed=ops or 0)
+
+        try:
+            counts = shards.evaluate(setup, q.path, codes, labels, store, workers=args.workers,
+                                     on_ray=args.workers > 1 or args.ray is not None, ray_address=args.ray,
+                                     shard_images=args.shard_images, crash_shard=args.inject_crash,
+                                     progress=on_progress)
+        except KeyboardInterrupt:
+            if args.results:
+                stored = len(store.records(range(images)))
+                console.print(f"interrupted: {stored} of {images} images are stored in {args.results}; "
+                              "the same command resumes from there")
+            raise
+        records, summaries = store.records(range(images)), store.summaries(range(images))
+    report = report_of_records(args, records, summaries, q.evaluation.top1(), cfg, layers, depth, perf)
+    report.update({"export": str(q.path), "images_stored_before": counts["stored_before"],
+                   "shards_run": counts["shards"], "crashes_injected": counts["crashes_injected"], "wall_s": time.perf_counter() - t_start})
+    print_report(console, report)
+    return report
+
+
+def _summed(dicts):
+    """Key-wise sums of dicts of numbers (or of such dicts)."""
+    out = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = _summed([out.get(k, {}), v]) if isinstance(v, dict) else out.get(k, 0) + v
+    return out
+
+
+def report_of_records(args, records: list[dict], summaries: list[dict], top1: dict, cfg, layers: int, depth: int,
+                      perf: bool) -> dict:
+    """The run's report, from the results store's records (one per image) and the summaries of
+    their shards: whatever ran them (this process, Ray workers, earlier runs resumed)."""
+    rows, cols = args.array
+    full = layers == depth
+    images = len(records)
+    tensors = _summed(s["tensors"] for s in summaries)
+    if full:
+        top1 = {**top1, "backend": 100.0 * sum(r["pred"] == r["label"] for r in records) / max(images, 1)}
+    else:
+        top1 = {**top1, "backend": None}  # a partial run ends in the residual stream, not logits
+    mismatching = [r["image"] for r in records if not r["bit_exact"]]
     report = {
-        "model": args.model, "backend": args.backend, "images": images, "export": str(q.path),
-        "mode": "perf" if perf else "check", "array": f"{rows}x{cols}" if cfg else None, "target": args.target if args.backend == "sim" else None, "layers": layers, "depth": depth,
+        "model": args.model, "backend": args.backend, "images": images, "export": None,
+        "mode": "perf" if perf else "check", "array": f"{rows}x{cols}" if cfg else None,
+        "target": args.target if args.backend == "sim" else None, "layers": layers, "depth": depth,
         "top": cfg.to_dict() if cfg else None, "top1": top1,
-        "bit_exact": mismatches == 0, "mismatches": mismatches,
+        "bit_exact": not mismatching, "mismatches": sum(r["mismatches"] for r in records),
+        "mismatching_images": mismatching,  # image indices whose output or an intermediate differs
         "tensors_compared": len(tensors), "elements_compared": sum(t["elements"] for t in tensors.values()),
-        "predictions": predictions.tolist() if full else None,  # the backend's class per test image
-        "clock_mhz": args.clock_mhz, "wall_s": None,
+        "tensors": tensors,
+        "predictions": [r["pred"] for r in records] if full else None,  # the backend's class per test image
+        "workers": args.workers, "ray": args.ray, "results": str(args.results) if args.results else None,
+        "shards": len(summaries), "clock_mhz": args.clock_mhz, "wall_s": None,
     }
-    if got.cycles is not None:
-        model_ops = {k: s for k, s in sorted(got.stats.items()) if k != "check"}
+    timed = [s for s in summaries if s["cycles"] is not None]
+    if timed:
+        stats = _summed(s["stats"] for s in timed)
+        model_ops = {k: s for k, s in sorted(stats.items()) if k != "check"}
         macs = sum(s["macs"] for s in model_ops.values())
-        per_image = got.cycles / images
+        total = sum(s["cycles"] for s in timed)
+        timed_images = sum(len(s["images"]) for s in timed)
+        per_image = total / timed_images
+        sim_seconds = sum(s["sim_seconds"] or 0 for s in timed)
         report.update({
-            "cycles": {"total": got.cycles, "per_image": per_image,
+            # over the shards that ran the images (a shard's images share its weight loads)
+            "cycles": {"total": total, "per_image": per_image, "images": timed_images,
                        "by_op": {k: s["cycles"] for k, s in model_ops.items()},
                        # check mode's read-backs of the attention chain's intermediates, not in the total
-                       "check": got.check_cycles},
-            "host_link_bytes": driver.host_link_bytes(got.traffic, full),
-            "host_link_bytes_check": sum(got.check_traffic.values()),
+                       "check": sum(s["check_cycles"] or 0 for s in timed)},
+            "op_calls": {k: s["calls"] for k, s in model_ops.items()},
+            "host_link_bytes": _summed(s["host_link_bytes"] for s in timed),
+            "host_link_bytes_check": sum(s["host_link_bytes_check"] for s in timed),
             "macs": macs,
-            "mac_utilization": macs / (got.cycles * rows * cols),
+            "mac_utilization": macs / (total * rows * cols),
             # the op's model MACs over its cycles x R x C: attention's include attention x V, which
             # runs beside the array, so it may exceed 100 %
             "mac_utilization_by_op": {k: s["macs"] / max(s["cycles"] * rows * cols, 1)
                                       for k, s in model_ops.items() if s["macs"]},
             "images_per_s": args.clock_mhz * 1e6 / per_image,
-            "sim_cycles_per_s": got.cycles / got.sim_seconds if got.sim_seconds else None,
+            "sim_cycles_per_s": total / sim_seconds if sim_seconds else None,
         })
     else:  # the reference has no clock
         report.update({"cycles": None, "macs": None, "mac_utilization": None, "images_per_s": None,
                        "host_link_bytes": None})
-    report["wall_s"] = time.perf_counter() - t_start
-    print_report(console, report, tensors, got)
     return report
 
 
-def print_report(console, r: dict, tensors: dict, got) -> None:
+def print_report(console, r: dict) -> None:
     from rich.table import Table
 
     scope = "" if r["layers"] == r["depth"] else f", first {r['layers']} of {r['depth']} blocks"
@@ -204,6 +293,9 @@ def print_report(console, r: dict, tensors: dict, got) -> None:
             table.add_row("simulation speed", f"{r['sim_cycles_per_s']:,.0f} cycles/s")
     else:
         table.add_row("cycles", "n/a (the ref backend has no clock)")
+    if r["results"]:
+        table.add_row("results store", f"{r['results']} ({r['images_stored_before']} images found there, "
+                                        f"{r['shards_run']} shards run now)")
     table.add_row("wall time", f"{r['wall_s']:.1f} s")
     console.print(table)
     if r["cycles"]:
@@ -213,10 +305,12 @@ def print_report(console, r: dict, tensors: dict, got) -> None:
         total = r["cycles"]["total"]
         for kind, cycles in sorted(r["cycles"]["by_op"].items(), key=lambda kv: -kv[1]):
             util = r["mac_utilization_by_op"].get(kind)
-            ops.add_row(OP_LABELS.get(kind, kind), str(got.stats[kind]["calls"]), f"{cycles:,}",
+            ops.add_row(OP_LABELS.get(kind, kind), str(r["op_calls"][kind]), f"{cycles:,}",
                         f"{100 * cycles / total:.1f} %", "" if util is None else f"{100 * util:.1f} %")
         console.print(ops)
-    bad = {name: t for name, t in tensors.items() if t["mismatches"]}
+    if r["mismatching_images"]:
+        console.print(f"[red]images not bit-exact[/red]: {r['mismatching_images'][:50]}")
+    bad = {name: t for name, t in r["tensors"].items() if t["mismatches"]}
     for name, t in list(bad.items())[:20]:
         console.print(f"[red]mismatch[/red] {name}: {t['mismatches']} of {t['elements']} elements")
 
@@ -239,10 +333,12 @@ def main(argv=None) -> int:
         from calib.models import ModelError
         from sim.toolchain import ToolchainError
         from sw.compiler import CompileError
+        from sw.results_store import StoreError
 
         try:
             report = run(args, console)
-        except (ModelError, DataError, ExportError, CompileError, ToolchainError, ValueError, RuntimeError) as err:
+        except (ModelError, DataError, ExportError, CompileError, ToolchainError, StoreError, ValueError, RuntimeError,
+                ConnectionError) as err:
             console.print(f"[red]error:[/red] {err}")
             return 2
         if args.json:
