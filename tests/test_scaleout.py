@@ -142,3 +142,20 @@ def test_ctrl_c_leaves_whole_shards_and_the_same_command_resumes(tmp_path):
     assert resumed["images_stored_before"] == stored and resumed["shards_run"] == 20 - shards
     with sqlite3.connect(store / FILE) as db:
         assert db.execute("SELECT COUNT(DISTINCT image), COUNT(*) FROM images").fetchone() == (40, 40)
+
+
+def test_the_report_names_the_images_that_are_not_bit_exact():
+    """A shard that is not bit-exact stays in the report: its images by index, the run not bit-exact."""
+    from argparse import Namespace
+
+    from sw.run_vit import report_of_records
+
+    args = Namespace(array=(8, 8), model="digits-vit", backend="ref", target="generic", workers=2, ray=None,
+                     results=None, clock_mhz=100.0)
+    records = [record(0), record(1, bit_exact=False, mismatches=3, pred=2), record(2)]
+    summaries = [{"images": [0, 1], "tensors": {"a": {"elements": 20, "mismatches": 3}}, "cycles": None},
+                 {"images": [2], "tensors": {"a": {"elements": 10, "mismatches": 0}}, "cycles": None}]
+    r = report_of_records(args, records, summaries, {"float": 100.0}, None, 4, 4, False)
+    assert not r["bit_exact"] and r["mismatching_images"] == [1] and r["mismatches"] == 3
+    assert r["tensors"] == {"a": {"elements": 30, "mismatches": 3}} and r["elements_compared"] == 30
+    assert r["predictions"] == [1, 2, 1] and r["top1"]["backend"] == pytest.approx(200 / 3)
