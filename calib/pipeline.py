@@ -7,6 +7,7 @@ or data (``calibrate``, ``quantize_model``, ``evaluate``).
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -139,10 +140,28 @@ class Quantized:
     im: export_mod.IntModel  # the integer model, as loaded back from `path`
     path: Path
     evaluation: Evaluation  # float / fake-quant / integer top-1 on the test images
-    codes: torch.Tensor  # the test images' uint8 codes [N, C, H, W]
-    labels: torch.Tensor  # [N]
+    test_set: torch.utils.data.Dataset  # the test images (normalized) and labels, loaded on demand
     data: str  # what the images are
     calibrate_s: float
+
+    def images(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 input codes [n, C, H, W] and labels [n] of the test images `ids`, loaded now
+        (an ImageFolder's files are read and transformed only for the images asked for)."""
+        xs, ys = zip(*(self.test_set[i] for i in ids))
+        return self.im.quantize_input(torch.stack(xs)), torch.as_tensor(ys)
+
+    @cached_property
+    def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images(range(len(self.test_set)))
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """Every test image's codes, loaded once (small runs; `images` loads a selection)."""
+        return self._all[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._all[1]
 
 
 def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, checkpoint: str | Path | None = None,
@@ -162,6 +181,4 @@ def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, c
     path = Path(export) if export is not None else default_export_path(model_name, config)
     im = quantize_model(model, sim, model_name, path)
     ev = evaluate(model, sim, im, data, progress)
-    xs, ys = zip(*data.test)
-    return Quantized(model, sim, im, path, ev, im.quantize_input(torch.cat(xs)), torch.cat(ys), data.description,
-                     calibrate_s)
+    return Quantized(model, sim, im, path, ev, data.test.dataset, data.description, calibrate_s)

@@ -15,7 +15,7 @@ Tables:
   ``label``, ``pred`` (NULL for a partial model), ``bit_exact``, ``mismatches``, ``elements``
   (compared), ``cycles`` (the shard's cycles over its images: the images of a shard run in one
   batch and share its weight loads; NULL on the ``ref`` backend), ``image_sha`` (of the image's
-  input codes: a rerun checks it sees the same image under the same index), ``shard``.
+  input codes: a rerun checks a sample of the stored images, sw/shards.py), ``shard``.
 * ``shards``: ``shard`` (primary key), ``images`` (JSON list of indices), ``summary`` (JSON: cycles,
   per-op statistics, host-link bytes, per-tensor comparison, simulation seconds, worker host).
 
@@ -121,16 +121,18 @@ class ResultsStore:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def done(self, shas: dict[int, str]) -> set[int]:
-        """The images of `shas` (index: image_sha) already stored. An index stored with another
-        image's digest means the test set changed under the folder: refused."""
+    def stored(self, images) -> set[int]:
+        """The indices among `images` whose records are stored."""
+        return set(images) & {row[0] for row in self.db.execute("SELECT image FROM images")}
+
+    def check_images(self, shas: dict[int, str]) -> None:
+        """Refuse the folder when a stored index of `shas` (index: image_sha) holds another image:
+        the test set changed under it."""
         stored = dict(self.db.execute("SELECT image, image_sha FROM images"))
         changed = [i for i, sha in shas.items() if i in stored and stored[i] != sha]
         if changed:
-            raise StoreError(f"--results {self.folder}: image {changed[0]} (and {len(changed) - 1} more) differs from "
-                             "the image stored under that index (different --data, --synthetic or --images selection?); "
-                             "use another folder for this run")
-        return set(shas) & set(stored)
+            raise StoreError(f"--results {self.folder}: image {changed[0]} differs from the image stored under that "
+                             "index (different --data, --synthetic or selection?); use another folder for this run")
 
     def records(self, images) -> list[dict]:
         """The stored records of `images`, in index order."""

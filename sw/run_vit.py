@@ -130,11 +130,12 @@ def run(args, console) -> dict:
     torch.set_grad_enabled(False)
     t_start = time.perf_counter()
     progress = not args.quiet
-    # PTF and LIS (the accelerator's softmax) always on; the driver evaluates float and fake-quant
+    # PTF and LIS (the accelerator's softmax) always on; the driver evaluates float and fake-quant,
+    # the shards load their own images (q.images)
     q = quantize(args.model, QuantConfig(args.observer, ptf=True, lis=True, lis_rule=args.lis_rule),
                  checkpoint=args.checkpoint, data_dir=args.data, synthetic=args.synthetic, images=args.images,
-                 batch_size=args.images, progress=progress)
-    im, codes, labels = q.im, q.codes, q.labels
+                 progress=progress)
+    im, images = q.im, len(q.test_set)
 
     rows, cols = args.array
     n_ops = None
@@ -145,7 +146,7 @@ def run(args, console) -> dict:
             raise CompileError(f"--layers must be in 1..{depth} ({args.model} has {depth} blocks), got {layers}")
         cfg = driver.top_config(im, rows, cols, act_kib=args.act_kib, weight_kib=args.weight_kib)
         with console.status("Compiling every op for the accelerator (on the first image)"):
-            n_ops = driver.plan(im, codes[:1], cfg, layers)[1]  # errors before any build or shard
+            n_ops = driver.plan(im, q.images([0])[0], cfg, layers)[1]  # errors before any build or shard
     else:  # Swin: the integer reference only (refusal() turned away --backend sim and --layers)
         depth = layers = sum(im.config["depths"])
         cfg = None
@@ -157,7 +158,6 @@ def run(args, console) -> dict:
                             "(cached after the first run)"):
             driver.build_sim(cfg, args.target)
 
-    images = len(labels)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     where = (f"{args.workers} Ray workers" + (f" at {args.ray}" if args.ray else "")
@@ -179,7 +179,7 @@ def run(args, console) -> dict:
                 bar.update(ops_task, completed=ops or 0)
 
         try:
-            counts = shards.evaluate(setup, q.path, codes, labels, store, workers=args.workers,
+            counts = shards.evaluate(setup, q.path, images, q.images, store, workers=args.workers,
                                      on_ray=args.workers > 1 or args.ray is not None, ray_address=args.ray,
                                      shard_images=args.shard_images, crash_shard=args.inject_crash,
                                      progress=on_progress)

@@ -41,6 +41,7 @@ __all__ = ["Setup", "run_shard", "evaluate", "ray_session", "RETRIES", "MAX_SHAR
 
 RETRIES = 3  # attempts after the first when a worker process dies mid-shard
 MAX_SHARD_IMAGES = 8  # the default shard: the images split evenly over the workers, at most this many
+CHECKED_IMAGES = 8  # stored images a resumed run compares with its own (spread over the stored ones)
 
 
 @dataclass(frozen=True)
@@ -137,34 +138,40 @@ def shard_ids(todo: list[int], workers: int, shard_images: int | None) -> list[l
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
-def evaluate(setup: Setup, model_path: Path, codes: torch.Tensor, labels: torch.Tensor, store: ResultsStore, *,
-             workers: int = 1, on_ray: bool = False, ray_address: str | None = None, shard_images: int | None = None,
+def evaluate(setup: Setup, model_path: Path, images: int, load, store: ResultsStore, *, workers: int = 1,
+             on_ray: bool = False, ray_address: str | None = None, shard_images: int | None = None,
              crash_shard: int | None = None, progress=None) -> dict:
-    """Run every image of `codes` not yet in `store` and store its records, in this process or
-    (`on_ray`) as Ray tasks, `workers` in flight (`ray_session`); returns counts:
-    ``stored_before`` (skipped), ``run`` (images run now), ``shards`` (shards run now) and
-    ``crashes_injected`` (worker processes `crash_shard` killed: 1 if it ran, 0 otherwise).
+    """Run every test image `0 .. images - 1` not yet in `store` and store its records, in this
+    process or (`on_ray`) as Ray tasks, `workers` in flight (`ray_session`). `load(ids)` gives the
+    input codes and labels of those images; it is called per shard, as the shard starts, so the
+    images of a large run are never all in memory. Returns counts: ``stored_before`` (skipped),
+    ``run`` (images run now), ``shards`` (shards run now) and ``crashes_injected`` (worker
+    processes `crash_shard` killed: 1 if it ran, 0 otherwise).
     `progress(done_images, total, ops_done)`: after every shard (and, in this process, every op)."""
-    shas = {i: image_sha(codes[i]) for i in range(len(codes))}
-    before = store.done(shas)
-    todo = [i for i in range(len(codes)) if i not in before]
+    before = sorted(store.stored(range(images)))
+    # the stored images are those of this run's test set: a sample, spread over them, is compared
+    sample = [before[i * (len(before) - 1) // (CHECKED_IMAGES - 1)] for i in range(CHECKED_IMAGES)] if before else []
+    sample = sorted(set(sample))
+    if sample:
+        store.check_images({i: image_sha(c) for i, c in zip(sample, load(sample)[0])})
+    todo = [i for i in range(images) if i not in set(before)]
     shards = shard_ids(todo, workers, shard_images)
     done = [len(before)]
     report = progress or (lambda *a: None)
-    report(done[0], len(codes), None)
+    report(done[0], images, None)
 
     def store_shard(ids, result):
         store.add_shard(ids, result["records"], result["summary"])
         done[0] += len(ids)
-        report(done[0], len(codes), None)
+        report(done[0], images, None)
 
     crashes = 0
     if shards and not on_ray:
         for ids in shards:
-            store_shard(ids, run_shard(setup, model_path, ids, codes[ids], labels[ids],
-                                       on_op=lambda n: report(done[0], len(codes), n)))
+            codes, labels = load(ids)
+            store_shard(ids, run_shard(setup, model_path, ids, codes, labels, on_op=lambda n: report(done[0], images, n)))
     elif shards:
-        crashes = _on_ray(setup, model_path, codes, labels, shards, store_shard, workers, ray_address, crash_shard)
+        crashes = _on_ray(setup, model_path, load, shards, store_shard, workers, ray_address, crash_shard)
     return {"stored_before": len(before), "run": len(todo), "shards": len(shards), "crashes_injected": crashes}
 
 
@@ -182,7 +189,8 @@ def ray_session(workers: int, address: str | None = None):
         # A cluster of this machine only: Ray binds to the loopback interface instead of the
         # machine's address (the variable's name is Ray's, from its macOS/Windows default).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": a new instance, even where `ray start` has left this node's address behind
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     try:
@@ -191,7 +199,7 @@ def ray_session(workers: int, address: str | None = None):
         ray.shutdown()
 
 
-def _on_ray(setup, model_path, codes, labels, shards, store_shard, workers, address, crash_shard) -> int:
+def _on_ray(setup, model_path, load, shards, store_shard, workers, address, crash_shard) -> int:
     """The shards as Ray tasks; the number of worker processes the fault injection killed."""
     import ray
     from ray.exceptions import RayTaskError, WorkerCrashedError
@@ -204,7 +212,7 @@ def _on_ray(setup, model_path, codes, labels, shards, store_shard, workers, addr
             while queue and len(pending) < workers:
                 k, ids = queue.pop(0)
                 marker = os.path.join(faults, f"shard-{k}") if k == crash_shard else None
-                pending[task.remote(setup, model, ids, codes[ids], labels[ids], marker)] = (k, ids)
+                pending[task.remote(setup, model, ids, *load(ids), marker)] = (k, ids)
             ready, _ = ray.wait(list(pending), num_returns=1)
             k, ids = pending.pop(ready[0])
             try:

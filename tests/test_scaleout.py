@@ -33,7 +33,8 @@ def test_a_store_keeps_whole_shards_and_resumes_from_them(tmp_path):
         with pytest.raises(sqlite3.IntegrityError):
             store.add_shard([2, 1], [record(2), record(1)], {"cycles": 10})
     with ResultsStore(tmp_path, CONFIG) as store:
-        assert store.done({i: f"s{i}" for i in range(4)}) == {0, 1}
+        assert store.stored(range(4)) == {0, 1} and store.stored([1, 3]) == {1}
+        store.check_images({i: f"s{i}" for i in range(4)})  # the stored ones are the same images
         assert [r["image"] for r in store.records(range(4))] == [0, 1]
         assert [s["images"] for s in store.summaries(range(4))] == [[0, 1]]
         assert store.records([1])[0] == {**record(1), "shard": 1}
@@ -45,8 +46,8 @@ def test_a_store_refuses_another_config_a_changed_image_and_a_second_user(tmp_pa
         ResultsStore(tmp_path, {**CONFIG, "layers": 12})
     with ResultsStore(tmp_path, CONFIG) as store:
         store.add_shard([0], [record(0)], {})
-        with pytest.raises(StoreError, match="image 0 .* differs from the image stored under that index"):
-            store.done({0: "other"})
+        with pytest.raises(StoreError, match="image 0 differs from the image stored under that index"):
+            store.check_images({0: "other"})
         with pytest.raises(StoreError, match="another run is using this folder"):
             ResultsStore(tmp_path, CONFIG)
     (tmp_path / "junk").mkdir()
@@ -159,3 +160,38 @@ def test_the_report_names_the_images_that_are_not_bit_exact():
     assert not r["bit_exact"] and r["mismatching_images"] == [1] and r["mismatches"] == 3
     assert r["tensors"] == {"a": {"elements": 30, "mismatches": 3}} and r["elements_compared"] == 30
     assert r["predictions"] == [1, 2, 1] and r["top1"]["backend"] == pytest.approx(200 / 3)
+
+
+@pytest.mark.sim
+def test_joining_a_running_cluster(tmp_path):
+    """--ray ADDRESS: a cluster started apart (`ray start --head`, on the loopback interface, token
+    authentication as Ray 2.59+ sets it up by default) takes the shards; it outlives the run."""
+    import os
+    import secrets
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    # --block: the head's processes live as long as this one, so the test stops exactly its cluster
+    with subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                           "--include-dashboard=false", "--disable-usage-stats"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as head:
+        try:
+            for line in head.stdout:
+                if "Ray runtime started" in line:
+                    break
+            out = tmp_path / "r.json"
+            run = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "sw" / "run_vit.py"), "--backend",
+                                  "sim", "--array", "4x6", "--images", "4", "--workers", "2", "--ray",
+                                  f"127.0.0.1:{port}", "--json", str(out), "--quiet"],
+                                 env=env, capture_output=True, text=True, timeout=600)
+            assert head.poll() is None  # the run left the cluster running
+        finally:
+            head.terminate()
+            head.communicate(timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    r = json.loads(out.read_text())
+    assert r["bit_exact"] and r["ray"] == f"127.0.0.1:{port}" and r["shards"] == 2 and len(r["predictions"]) == 4
