@@ -99,10 +99,9 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
     per-op log and simulation times."""
     from calib.catalog import DIGITS
     from calib.config import QuantConfig
-    from calib.pipeline import quantize
+    from calib.pipeline import integer_forward, quantize
     from sw import driver
-
-    from calib.pipeline import integer_forward
+    from sw.compiler import model_ops
 
     q = quantize(model, QuantConfig(lis_rule=DEFAULT_LIS_RULE), synthetic=model != DIGITS, images=images,
                  batch_size=images, progress=False)
@@ -122,7 +121,7 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
                                                              driver.final_output(got.trace)).values())
     return {"model": model, "images": images, "layers": depth, "full_depth": q.im.config["depth"],
             "cycles": got.cycles, "log": got.log, "wall_s": wall,
-            "macs": sum(s["macs"] for kind, s in got.stats.items() if kind != "check"), "sim_s": got.sim_seconds,
+            "macs": sum(s["macs"] for s in model_ops(got.stats).values()), "sim_s": got.sim_seconds,
             "rtl_s": got.rtl_seconds, "mismatches": mismatches, "calibrate_s": q.calibrate_s, "im": q.im,
             "ref_s": ref_s, "plan_s": plan_s}
 

@@ -24,9 +24,17 @@ from hw.lanes import bank_addresses, from_lanes, lane_beats
 from hw.payload import PayloadCodec
 from hw.top import COUNT_BITS, Op, TopConfig, UnitId
 
-__all__ = ["CompileError", "Program", "Compiler"]
+__all__ = ["CompileError", "Program", "Compiler", "CHECK", "model_ops"]
 
 STREAM_BEATS = 1 << 16  # beats per STREAM command, so a program splits into host-memory-sized runs
+
+
+CHECK = "check"  # the kind of check mode's read-back programs: run, counted and reported apart from the model's
+
+
+def model_ops(stats: dict) -> dict:
+    """Per-kind statistics (AcceleratorOps.stats) of the model's own ops, without the read-backs."""
+    return {kind: s for kind, s in sorted(stats.items()) if kind != CHECK}
 
 
 class CompileError(ValueError):
@@ -35,7 +43,7 @@ class CompileError(ValueError):
 
 @dataclass
 class Program:
-    kind: str  # op kind for the cycle report: linear, attention, layernorm, add; check: check-mode read-back
+    kind: str  # op kind for the cycle report: linear, attention, layernorm, add; CHECK: check-mode read-back
     commands: list[dict] = field(default_factory=list)
     din: list[int] = field(default_factory=list)
     out_words: int = 0
@@ -261,7 +269,7 @@ class Compiler:
             raise CompileError(f"attention: one slab of Q ({hd} words) does not fit the activation buffer "
                                f"({cfg.act_kib} KiB); raise act_kib")
         a_mult, a_shift, a_zero = attn_v_rq
-        prog = Program("check" if tap else "attention")
+        prog = Program(CHECK if tap else "attention")
         self._requant_params(prog, nk, 0, *logits_rq[:2], "attention logits")
         self._params(prog, "softmax", UnitId.SOFTMAX, {"addr": np.arange(len(table)), "value": table.numpy()})
         qs, ks, vs = (t.reshape(-1, *t.shape[-2:]).numpy().astype(np.int64) for t in (q, k, v))

@@ -31,7 +31,7 @@ from sim import toolchain
 from sim.host import HOST_MAIN, HostProcess, harness_name, harness_verilog
 
 from . import sim_job
-from .compiler import CompileError, Compiler
+from .compiler import CompileError, Compiler, model_ops
 from .ops import PlanOps
 
 __all__ = ["Run", "top_config", "check_images", "plan", "build_sim", "top_verilog", "run_ref", "run_sim", "simulate", "compare", "compare_images"]
@@ -80,7 +80,7 @@ def plan(im: IntModel, codes: torch.Tensor, cfg: TopConfig, depth: int) -> tuple
     t0 = time.perf_counter()
     out = vit.forward(im, codes, trace, ops, depth)
     run = Run(out, trace, {k: dict(v) for k, v in ops.stats.items()}, wall_s=time.perf_counter() - t0)
-    return run, sum(s["calls"] for kind, s in ops.stats.items() if kind != "check")
+    return run, sum(s["calls"] for s in model_ops(ops.stats).values())
 
 
 def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:

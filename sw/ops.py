@@ -13,7 +13,7 @@ from typing import Protocol
 
 from calib.intref.blocks import REF
 
-from .compiler import Compiler, Program
+from .compiler import CHECK, Compiler, Program
 
 __all__ = ["Device", "AcceleratorOps", "PlanOps", "OP_NAMES"]
 
@@ -50,7 +50,7 @@ class _CompiledOps:
         s["array_beats"] += prog.array_beats
         s["din_words"] += len(prog.din)
         traffic = self.compiler.link_bytes(prog)
-        if prog.kind == "check":
+        if prog.kind == CHECK:
             for key, n in traffic.items():
                 self.check_traffic[key] += n
         else:
@@ -69,7 +69,7 @@ class _CompiledOps:
         logits = probs = None
         if self.check:
             check = self.compiler.logits(q, k, z, *logits_rq)
-            check.kind = "check"
+            check.kind = CHECK
             logits = self._program(check, "logits", (q, k, z, *logits_rq))
             probs = self._program(self.compiler.attention(*args, tap=True), "attention_tap", args)
         if self.on_op:
@@ -96,7 +96,7 @@ class AcceleratorOps(_CompiledOps):
     def _execute(self, name, prog, args):
         words, cycles = self.device.execute(prog)
         self.stats[prog.kind]["cycles"] += cycles
-        if prog.kind != "check":  # the model's ops only: sw/bench.py reads the log by position
+        if prog.kind != CHECK:  # the model's ops only: sw/bench.py reads the log by position
             self.log.append((prog.kind, cycles))
         return prog.decode(words)
 

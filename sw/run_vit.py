@@ -210,6 +210,8 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
                       perf: bool) -> dict:
     """The run's report, from the results store's records (one per image) and the summaries of
     their shards: whatever ran them (this process, Ray workers, earlier runs resumed)."""
+    from sw.compiler import model_ops
+
     rows, cols = args.array
     full = layers == depth
     images = len(records)
@@ -235,8 +237,8 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
     timed = [s for s in summaries if s["cycles"] is not None]
     if timed:
         stats = _summed(s["stats"] for s in timed)
-        model_ops = {k: s for k, s in sorted(stats.items()) if k != "check"}
-        macs = sum(s["macs"] for s in model_ops.values())
+        ops = model_ops(stats)
+        macs = sum(s["macs"] for s in ops.values())
         total = sum(s["cycles"] for s in timed)
         timed_images = sum(len(s["images"]) for s in timed)
         per_image = total / timed_images
@@ -244,10 +246,10 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
         report.update({
             # over the shards that ran the images (a shard's images share its weight loads)
             "cycles": {"total": total, "per_image": per_image, "images": timed_images,
-                       "by_op": {k: s["cycles"] for k, s in model_ops.items()},
+                       "by_op": {k: s["cycles"] for k, s in ops.items()},
                        # check mode's read-backs of the attention chain's intermediates, not in the total
                        "check": sum(s["check_cycles"] or 0 for s in timed)},
-            "op_calls": {k: s["calls"] for k, s in model_ops.items()},
+            "op_calls": {k: s["calls"] for k, s in ops.items()},
             "host_link_bytes": _summed(s["host_link_bytes"] for s in timed),
             "host_link_bytes_check": sum(s["host_link_bytes_check"] for s in timed),
             "macs": macs,
@@ -255,7 +257,7 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
             # the op's model MACs over its cycles x R x C: attention's include attention x V, which
             # runs beside the array, so it may exceed 100 %
             "mac_utilization_by_op": {k: s["macs"] / max(s["cycles"] * rows * cols, 1)
-                                      for k, s in model_ops.items() if s["macs"]},
+                                      for k, s in ops.items() if s["macs"]},
             "images_per_s": args.clock_mhz * 1e6 / per_image,
             "sim_cycles_per_s": total / sim_seconds if sim_seconds else None,
         })

@@ -16,7 +16,7 @@ from calib.intref import vit
 from hw.top import TopConfig
 from sim.host import CMD_DEPTH, DIN_DEPTH, DOUT_DEPTH, HostProcess
 
-from .compiler import Compiler, Program
+from .compiler import CHECK, Compiler, Program
 from .ops import AcceleratorOps
 
 __all__ = ["SimDevice", "run"]
@@ -30,7 +30,7 @@ class SimDevice:
         self.compiler = compiler
         self.sim_seconds = 0.0
         self.cycles = 0
-        self.check_cycles = 0  # check-mode read-backs (Program kind "check"), not the model's
+        self.check_cycles = 0  # check-mode read-backs (Program kind CHECK), not the model's
 
     def _runs(self, program: Program):
         run, din, out = [], 0, 0
@@ -57,7 +57,7 @@ class SimDevice:
             words += got
             cycles += c
             start_word += din
-        if program.kind == "check":
+        if program.kind == CHECK:
             self.check_cycles += cycles
         else:
             self.cycles += cycles
