@@ -195,3 +195,12 @@ def test_joining_a_running_cluster(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     r = json.loads(out.read_text())
     assert r["bit_exact"] and r["ray"] == f"127.0.0.1:{port}" and r["shards"] == 2 and len(r["predictions"]) == 4
+
+
+def test_the_workers_estimate_for_imagenet():
+    from sw.bench import workers_needed
+
+    (full,) = workers_needed({"m": (0.36, 86.4, "how")}, 1.0)
+    assert (full["ref_workers_1h"], full["rtl_workers_24h"]) == (5, 50)  # 50,000 x 0.36 s / 3600 s, x 86.4 / 86400
+    (half,) = workers_needed({"m": (0.36, 86.4, "how")}, 0.5)
+    assert (half["ref_workers_1h"], half["rtl_workers_24h"]) == (10, 100)
