@@ -23,7 +23,7 @@ from .data import Data, DataError, digits_data, imagefolder_data, synthetic_data
 from .models import create_model, family_of
 from .qsim import QuantSim
 
-__all__ = ["calibrate", "quantize_model", "Evaluation", "evaluate", "integer_forward", "load_data",
+__all__ = ["calibrate", "quantize_model", "Evaluation", "KINDS", "predict", "evaluate", "integer_forward", "load_data",
            "default_export_path", "Quantized", "quantize"]
 
 
@@ -77,28 +77,41 @@ class Evaluation:
         return {k: 100.0 * v / max(self.images, 1) for k, v in self.correct.items()}
 
 
+KINDS = ("float", "fakequant", "integer")
+
+
+def predict(model: torch.nn.Module, sim: QuantSim, im: export_mod.IntModel, x: torch.Tensor,
+            kinds=KINDS) -> tuple[dict, dict]:
+    """Class predictions of the float, fake-quant and integer-only models (`kinds`) on one batch of
+    normalized images, and the seconds each took; `sim` is left in quant mode."""
+    family = family_of(model)
+    preds, seconds = {}, {}
+    with torch.no_grad():
+        for kind in kinds:
+            t0 = time.perf_counter()
+            if kind == "integer":
+                logits = integer_forward(im, im.quantize_input(x))
+            else:
+                sim.set_mode("float" if kind == "float" else "quant")
+                logits = family.forward(model, x, sim)
+            seconds[kind] = time.perf_counter() - t0
+            preds[kind] = logits.argmax(dim=-1)
+    sim.set_mode("quant")
+    return preds, seconds
+
+
 def evaluate(model: torch.nn.Module, sim: QuantSim, im: export_mod.IntModel, data: Data,
              progress: bool = True) -> Evaluation:
     """Top-1 of the float, fake-quant and integer-only models on the test images."""
-    family = family_of(model)
     ev = Evaluation()
-    with torch.no_grad():
-        for x, y in tqdm(data.test, desc="evaluate", unit="batch", disable=not progress):
-            preds = {}
-            for kind in ("float", "fakequant", "integer"):
-                t0 = time.perf_counter()
-                if kind == "integer":
-                    logits = integer_forward(im, im.quantize_input(x))
-                else:
-                    sim.set_mode("float" if kind == "float" else "quant")
-                    logits = family.forward(model, x, sim)
-                ev.seconds[kind] += time.perf_counter() - t0
-                preds[kind] = logits.argmax(dim=-1)
-                ev.correct[kind] += int((preds[kind] == y).sum())
-            ev.agree_int_fq += int((preds["integer"] == preds["fakequant"]).sum())
-            ev.agree_fq_float += int((preds["fakequant"] == preds["float"]).sum())
-            ev.images += len(y)
-    sim.set_mode("quant")
+    for x, y in tqdm(data.test, desc="evaluate", unit="batch", disable=not progress):
+        preds, seconds = predict(model, sim, im, x)
+        for kind in KINDS:
+            ev.seconds[kind] += seconds[kind]
+            ev.correct[kind] += int((preds[kind] == y).sum())
+        ev.agree_int_fq += int((preds["integer"] == preds["fakequant"]).sum())
+        ev.agree_fq_float += int((preds["fakequant"] == preds["float"]).sum())
+        ev.images += len(y)
     return ev
 
 
@@ -144,11 +157,16 @@ class Quantized:
     data: str  # what the images are
     calibrate_s: float
 
-    def images(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 input codes [n, C, H, W] and labels [n] of the test images `ids`, loaded now
+    def inputs(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalized images [n, C, H, W] and labels [n] of the test images `ids`, loaded now
         (an ImageFolder's files are read and transformed only for the images asked for)."""
         xs, ys = zip(*(self.test_set[i] for i in ids))
-        return self.im.quantize_input(torch.stack(xs)), torch.as_tensor(ys)
+        return torch.stack(xs), torch.as_tensor(ys)
+
+    def images(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """`inputs` as the integer model takes them: uint8 codes, and the labels."""
+        x, y = self.inputs(ids)
+        return self.im.quantize_input(x), y
 
     @cached_property
     def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,10 +185,11 @@ class Quantized:
 def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, checkpoint: str | Path | None = None,
              data_dir: str | Path | None = None, synthetic: bool = False, calib_images: int | None = None,
              calib_batch: int | None = None, images: int | None = None, batch_size: int = 100,
-             export: str | Path | None = None, progress: bool = True) -> Quantized:
+             export: str | Path | None = None, progress: bool = True, evaluation: bool = True) -> Quantized:
     """Build `model_name` (calib.models.create_model), load its data (`load_data`), calibrate it
     with `config`, export the integer model to `export` (default `default_export_path`), load the
-    file back and evaluate float, fake-quant and integer-only top-1 on the first `images` test images.
+    file back and evaluate float, fake-quant and integer-only top-1 on the first `images` test images
+    (unless not `evaluation`: sw/shards.py evaluates them image by image, in parallel).
 
     Raises ModelError, DataError or ExportError (all with what is expected) for unusable inputs."""
     model = create_model(model_name, checkpoint, progress=progress)
@@ -180,5 +199,5 @@ def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, c
     calibrate_s = time.perf_counter() - t0
     path = Path(export) if export is not None else default_export_path(model_name, config)
     im = quantize_model(model, sim, model_name, path)
-    ev = evaluate(model, sim, im, data, progress)
+    ev = evaluate(model, sim, im, data, progress) if evaluation else Evaluation()
     return Quantized(model, sim, im, path, ev, data.test.dataset, data.description, calibrate_s)

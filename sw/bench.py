@@ -173,8 +173,8 @@ def scaling(repeat: int) -> list[dict]:
             def rate(workers, n):
                 with ResultsStore(None, setup.store_config()) as store:
                     t0 = time.perf_counter()
-                    shards.evaluate(setup, q.path, n, q.images, store, workers=workers, on_ray=True,
-                                    shard_images=shard)
+                    shards.evaluate(setup, q.path, (q.model, q.sim), n, q.inputs, store, workers=workers,
+                                    on_ray=True, shard_images=shard)
                     seconds = time.perf_counter() - t0
                     bad = [r["image"] for r in store.records(range(n)) if not r["bit_exact"]]
                 if bad:

@@ -12,10 +12,12 @@ Tables:
   fingerprint, the backend, the accelerator configuration, the blocks run, the mode). A run
   whose config differs refuses the folder.
 * ``images``: ``image`` (index in the test set, the primary key: an image is stored at most once),
-  ``label``, ``pred`` (NULL for a partial model), ``bit_exact``, ``mismatches``, ``elements``
+  ``label``, the class predicted by the float, fake-quant and integer-only models and by the
+  backend (``float_pred``, ``fakequant_pred``, ``integer_pred``, ``backend_pred``: NULL when the
+  backend ran a partial model), ``bit_exact``, ``mismatches``, ``elements``
   (compared), ``cycles`` (the shard's cycles over its images: the images of a shard run in one
-  batch and share its weight loads; NULL on the ``ref`` backend), ``image_sha`` (of the image's
-  input codes: a rerun checks a sample of the stored images, sw/shards.py), ``shard``.
+  batch and share its weight loads; NULL on the ``ref`` backend), ``image_sha`` (of the normalized
+  image: a rerun checks a sample of the stored images, sw/shards.py), ``shard``.
 * ``shards``: ``shard`` (primary key), ``images`` (JSON list of indices), ``summary`` (JSON: cycles,
   per-op statistics, host-link bytes, per-tensor comparison, simulation seconds, worker host).
 
@@ -36,20 +38,22 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, images TEXT NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
-    image INTEGER PRIMARY KEY, label INTEGER NOT NULL, pred INTEGER, bit_exact INTEGER NOT NULL,
+    image INTEGER PRIMARY KEY, label INTEGER NOT NULL, float_pred INTEGER NOT NULL, fakequant_pred INTEGER NOT NULL,
+    integer_pred INTEGER NOT NULL, backend_pred INTEGER, bit_exact INTEGER NOT NULL,
     mismatches INTEGER NOT NULL, elements INTEGER NOT NULL, cycles REAL, image_sha TEXT NOT NULL,
     shard INTEGER NOT NULL REFERENCES shards(shard));
 """
-COLUMNS = ("image", "label", "pred", "bit_exact", "mismatches", "elements", "cycles", "image_sha", "shard")
+COLUMNS = ("image", "label", "float_pred", "fakequant_pred", "integer_pred", "backend_pred", "bit_exact", "mismatches",
+           "elements", "cycles", "image_sha", "shard")
 
 
 class StoreError(ValueError):
     """A results folder this run cannot use, with the reason and what to do."""
 
 
-def image_sha(codes) -> str:
-    """A short digest of one image's input codes (a uint8 tensor)."""
-    return hashlib.sha256(codes.contiguous().numpy().tobytes()).hexdigest()[:16]
+def image_sha(image) -> str:
+    """A short digest of one image (a tensor)."""
+    return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 class ResultsStore:
@@ -138,7 +142,8 @@ class ResultsStore:
         """The stored records of `images`, in index order."""
         wanted = set(images)
         rows = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM images ORDER BY image")
-        return [{**dict(zip(COLUMNS, row)), "bit_exact": bool(row[3])} for row in rows if row[0] in wanted]
+        return [{**dict(zip(COLUMNS, row)), "bit_exact": bool(row[COLUMNS.index("bit_exact")])}
+                for row in rows if row[0] in wanted]
 
     def summaries(self, images) -> list[dict]:
         """The summaries of the shards that hold any of `images`, each with its ``images``."""

@@ -130,11 +130,11 @@ def run(args, console) -> dict:
     torch.set_grad_enabled(False)
     t_start = time.perf_counter()
     progress = not args.quiet
-    # PTF and LIS (the accelerator's softmax) always on; the driver evaluates float and fake-quant,
-    # the shards load their own images (q.images)
+    # PTF and LIS (the accelerator's softmax) always on. The shards evaluate the float, fake-quant and
+    # integer models beside the backend, image by image (sw/shards.py), so the driver does not.
     q = quantize(args.model, QuantConfig(args.observer, ptf=True, lis=True, lis_rule=args.lis_rule),
                  checkpoint=args.checkpoint, data_dir=args.data, synthetic=args.synthetic, images=args.images,
-                 progress=progress)
+                 progress=progress, evaluation=False)
     im, images = q.im, len(q.test_set)
 
     rows, cols = args.array
@@ -179,7 +179,7 @@ def run(args, console) -> dict:
                 bar.update(ops_task, completed=ops or 0)
 
         try:
-            counts = shards.evaluate(setup, q.path, images, q.images, store, workers=args.workers,
+            counts = shards.evaluate(setup, q.path, (q.model, q.sim), images, q.inputs, store, workers=args.workers,
                                      on_ray=args.workers > 1 or args.ray is not None, ray_address=args.ray,
                                      shard_images=args.shard_images, crash_shard=args.inject_crash,
                                      progress=on_progress)
@@ -190,7 +190,7 @@ def run(args, console) -> dict:
                               "the same command resumes from there")
             raise
         records, summaries = store.records(range(images)), store.summaries(range(images))
-    report = report_of_records(args, records, summaries, q.evaluation.top1(), cfg, layers, depth, perf)
+    report = report_of_records(args, records, summaries, cfg, layers, depth, perf)
     report.update({"export": str(q.path), "images_stored_before": counts["stored_before"],
                    "shards_run": counts["shards"], "crashes_injected": counts["crashes_injected"], "wall_s": time.perf_counter() - t_start})
     print_report(console, report)
@@ -206,7 +206,7 @@ def _summed(dicts):
     return out
 
 
-def report_of_records(args, records: list[dict], summaries: list[dict], top1: dict, cfg, layers: int, depth: int,
+def report_of_records(args, records: list[dict], summaries: list[dict], cfg, layers: int, depth: int,
                       perf: bool) -> dict:
     """The run's report, from the results store's records (one per image) and the summaries of
     their shards: whatever ran them (this process, Ray workers, earlier runs resumed)."""
@@ -216,10 +216,10 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
     full = layers == depth
     images = len(records)
     tensors = _summed(s["tensors"] for s in summaries)
-    if full:
-        top1 = {**top1, "backend": 100.0 * sum(r["pred"] == r["label"] for r in records) / max(images, 1)}
-    else:
-        top1 = {**top1, "backend": None}  # a partial run ends in the residual stream, not logits
+    # the backend's is None for a partial run: it ends in the residual stream, not logits
+    top1 = {kind: None if kind == "backend" and not full else
+            100.0 * sum(r[f"{kind}_pred"] == r["label"] for r in records) / max(images, 1)
+            for kind in ("float", "fakequant", "integer", "backend")}
     mismatching = [r["image"] for r in records if not r["bit_exact"]]
     report = {
         "model": args.model, "backend": args.backend, "images": images, "export": None,
@@ -230,7 +230,7 @@ def report_of_records(args, records: list[dict], summaries: list[dict], top1: di
         "mismatching_images": mismatching,  # image indices whose output or an intermediate differs
         "tensors_compared": len(tensors), "elements_compared": sum(t["elements"] for t in tensors.values()),
         "tensors": tensors,
-        "predictions": [r["pred"] for r in records] if full else None,  # the backend's class per test image
+        "predictions": [r["backend_pred"] for r in records] if full else None,  # the backend's class per test image
         "workers": args.workers, "ray": args.ray, "results": str(args.results) if args.results else None,
         "shards": len(summaries), "clock_mhz": args.clock_mhz, "wall_s": None,
     }

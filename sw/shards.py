@@ -3,9 +3,10 @@ this process or as Ray tasks, and every shard's per-image records stored (sw/res
 
     evaluate(setup, model_path, codes, labels, store, workers=W)
 
-* The driver calibrates and exports once; a shard needs only the integer model (a path here, its
-  file's bytes through Ray's object store elsewhere: a worker writes them into its node's cache),
-  its images' input codes and labels, and the ``Setup`` every shard shares.
+* The driver calibrates and exports once; a shard needs the integer model (a path here, its file's
+  bytes through Ray's object store elsewhere: a worker writes them into its node's cache), the
+  calibrated float model (for the float and fake-quant predictions; through the object store),
+  its images and labels, and the ``Setup`` every shard shares.
 * A worker computes its shard's integer reference, builds the Verilated top (once per node: the
   build cache is locked, sim/toolchain.py) and runs the shard in one batch, as a single-process run
   does. It returns the records; only the driver writes them, one transaction per shard.
@@ -88,15 +89,17 @@ def _crash_once(marker: str) -> None:
     os._exit(1)
 
 
-def run_shard(setup: Setup, model, ids: list[int], codes: torch.Tensor, labels: torch.Tensor,
+def run_shard(setup: Setup, model, float_model, ids: list[int], x: torch.Tensor, labels: torch.Tensor,
               crash_marker: str | None = None, on_op=None) -> dict:
     """One shard on the backend, compared with the integer reference image by image: ``records``
     (one per image, sw/results_store.py's columns) and ``summary`` (the shard's cycles, per-op
-    statistics, host-link bytes and per-tensor comparison). `on_op(ops_done)` while it runs."""
+    statistics, host-link bytes and per-tensor comparison). `model`: the integer model (its path
+    or file bytes); `float_model`: (the float model, its calibration), for the float and fake-quant
+    predictions; `x`: the images, normalized. `on_op(ops_done)` while it runs."""
     import torch
 
     from calib.export import load
-    from calib.pipeline import integer_forward
+    from calib.pipeline import integer_forward, predict
 
     from . import driver
 
@@ -106,6 +109,7 @@ def run_shard(setup: Setup, model, ids: list[int], codes: torch.Tensor, labels: 
     t0 = time.perf_counter()
     path = _model_file(model, setup.fingerprint)
     im = load(path)
+    codes = im.quantize_input(x)
     if im.arch == "vit":
         reference, _ = driver.plan(im, codes, setup.cfg, setup.layers)
     else:  # Swin: the reference only (run_vit refuses --backend sim and --layers)
@@ -119,16 +123,23 @@ def run_shard(setup: Setup, model, ids: list[int], codes: torch.Tensor, labels: 
     ref_t, got_t = ((reference.trace, got.trace) if setup.check
                     else (driver.final_output(reference.trace), driver.final_output(got.trace)))
     per_image, tensors = driver.compare_images(ref_t, got_t, len(ids))
-    preds = got.out.argmax(-1).tolist() if setup.full else [None] * len(ids)
+    preds, _ = predict(*float_model, im, x, ("float", "fakequant"))  # the whole model's, as the integer's
+    preds["integer"] = (reference.out if setup.full else integer_forward(im, codes)).argmax(-1)
+    preds["backend"] = got.out.argmax(-1) if setup.full else [None] * len(ids)  # else: the residual stream
     cycles = None if got.cycles is None else got.cycles / len(ids)
-    records = [{"image": i, "label": int(labels[j]), "pred": preds[j], "bit_exact": per_image[j]["mismatches"] == 0,
-                "mismatches": per_image[j]["mismatches"], "elements": per_image[j]["elements"], "cycles": cycles,
-                "image_sha": image_sha(codes[j])} for j, i in enumerate(ids)]
+    records = [{"image": i, "label": int(labels[j]), **{f"{k}_pred": _int(v[j]) for k, v in preds.items()},
+                "bit_exact": per_image[j]["mismatches"] == 0, "mismatches": per_image[j]["mismatches"],
+                "elements": per_image[j]["elements"], "cycles": cycles, "image_sha": image_sha(x[j])}
+               for j, i in enumerate(ids)]
     summary = {"tensors": tensors, "cycles": got.cycles, "check_cycles": got.check_cycles, "stats": got.stats,
                "host_link_bytes": None if got.cycles is None else driver.host_link_bytes(got.traffic, setup.full),
                "host_link_bytes_check": sum(got.check_traffic.values()), "sim_seconds": got.sim_seconds,
                "wall_s": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid()}
     return {"records": records, "summary": summary}
+
+
+def _int(value):
+    return None if value is None else int(value)
 
 
 def shard_ids(todo: list[int], workers: int, shard_images: int | None) -> list[list[int]]:
@@ -138,13 +149,13 @@ def shard_ids(todo: list[int], workers: int, shard_images: int | None) -> list[l
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
-def evaluate(setup: Setup, model_path: Path, images: int, load, store: ResultsStore, *, workers: int = 1,
+def evaluate(setup: Setup, model_path: Path, float_model, images: int, load, store: ResultsStore, *, workers: int = 1,
              on_ray: bool = False, ray_address: str | None = None, shard_images: int | None = None,
              crash_shard: int | None = None, progress=None) -> dict:
     """Run every test image `0 .. images - 1` not yet in `store` and store its records, in this
     process or (`on_ray`) as Ray tasks, `workers` in flight (`ray_session`). `load(ids)` gives the
-    input codes and labels of those images; it is called per shard, as the shard starts, so the
-    images of a large run are never all in memory. Returns counts: ``stored_before`` (skipped),
+    normalized images and labels of those images; it is called per shard, as the shard starts, so
+    the images of a large run are never all in memory. `float_model`: (float model, calibration). Returns counts: ``stored_before`` (skipped),
     ``run`` (images run now), ``shards`` (shards run now) and ``crashes_injected`` (worker
     processes `crash_shard` killed: 1 if it ran, 0 otherwise).
     `progress(done_images, total, ops_done)`: after every shard (and, in this process, every op)."""
@@ -168,10 +179,10 @@ def evaluate(setup: Setup, model_path: Path, images: int, load, store: ResultsSt
     crashes = 0
     if shards and not on_ray:
         for ids in shards:
-            codes, labels = load(ids)
-            store_shard(ids, run_shard(setup, model_path, ids, codes, labels, on_op=lambda n: report(done[0], images, n)))
+            store_shard(ids, run_shard(setup, model_path, float_model, ids, *load(ids),
+                                       on_op=lambda n: report(done[0], images, n)))
     elif shards:
-        crashes = _on_ray(setup, model_path, load, shards, store_shard, workers, ray_address, crash_shard)
+        crashes = _on_ray(setup, model_path, float_model, load, shards, store_shard, workers, ray_address, crash_shard)
     return {"stored_before": len(before), "run": len(todo), "shards": len(shards), "crashes_injected": crashes}
 
 
@@ -199,20 +210,20 @@ def ray_session(workers: int, address: str | None = None):
         ray.shutdown()
 
 
-def _on_ray(setup, model_path, load, shards, store_shard, workers, address, crash_shard) -> int:
+def _on_ray(setup, model_path, float_model, load, shards, store_shard, workers, address, crash_shard) -> int:
     """The shards as Ray tasks; the number of worker processes the fault injection killed."""
     import ray
     from ray.exceptions import RayTaskError, WorkerCrashedError
 
     task = ray.remote(num_cpus=1, max_retries=RETRIES)(run_shard)
     with ray_session(workers, address), tempfile.TemporaryDirectory(prefix="fqvit-faults-") as faults:
-        model = ray.put(model_path.read_bytes())
+        model, float_model = ray.put(model_path.read_bytes()), ray.put(float_model)
         queue, pending = list(enumerate(shards)), {}
         while queue or pending:
             while queue and len(pending) < workers:
                 k, ids = queue.pop(0)
                 marker = os.path.join(faults, f"shard-{k}") if k == crash_shard else None
-                pending[task.remote(setup, model, ids, *load(ids), marker)] = (k, ids)
+                pending[task.remote(setup, model, float_model, ids, *load(ids), marker)] = (k, ids)
             ready, _ = ray.wait(list(pending), num_returns=1)
             k, ids = pending.pop(ready[0])
             try:

@@ -22,8 +22,8 @@ CONFIG = {"model": "abc", "backend": "sim", "layers": 4}
 
 
 def record(image: int, sha: str = "s", **fields) -> dict:
-    return {"image": image, "label": 1, "pred": 1, "bit_exact": True, "mismatches": 0, "elements": 10,
-            "cycles": 5.0, "image_sha": f"{sha}{image}", **fields}
+    return {"image": image, "label": 1, "float_pred": 1, "fakequant_pred": 1, "integer_pred": 1, "backend_pred": 1,
+            "bit_exact": True, "mismatches": 0, "elements": 10, "cycles": 5.0, "image_sha": f"{sha}{image}", **fields}
 
 
 def test_a_store_keeps_whole_shards_and_resumes_from_them(tmp_path):
@@ -153,13 +153,14 @@ def test_the_report_names_the_images_that_are_not_bit_exact():
 
     args = Namespace(array=(8, 8), model="digits-vit", backend="ref", target="generic", workers=2, ray=None,
                      results=None, clock_mhz=100.0)
-    records = [record(0), record(1, bit_exact=False, mismatches=3, pred=2), record(2)]
+    records = [record(0), record(1, bit_exact=False, mismatches=3, backend_pred=2), record(2, float_pred=0)]
     summaries = [{"images": [0, 1], "tensors": {"a": {"elements": 20, "mismatches": 3}}, "cycles": None},
                  {"images": [2], "tensors": {"a": {"elements": 10, "mismatches": 0}}, "cycles": None}]
-    r = report_of_records(args, records, summaries, {"float": 100.0}, None, 4, 4, False)
+    r = report_of_records(args, records, summaries, None, 4, 4, False)
     assert not r["bit_exact"] and r["mismatching_images"] == [1] and r["mismatches"] == 3
     assert r["tensors"] == {"a": {"elements": 30, "mismatches": 3}} and r["elements_compared"] == 30
-    assert r["predictions"] == [1, 2, 1] and r["top1"]["backend"] == pytest.approx(200 / 3)
+    assert r["predictions"] == [1, 2, 1] and r["top1"]["backend"] == r["top1"]["float"] == pytest.approx(200 / 3)
+    assert r["top1"]["fakequant"] == r["top1"]["integer"] == 100.0
 
 
 @pytest.mark.sim
