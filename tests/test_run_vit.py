@@ -39,21 +39,6 @@ def test_ref_backend_report_matches_the_integer_model_file(tmp_path):
     assert r["top1"]["backend"] == pytest.approx(top1) and r["top1"]["integer"] == pytest.approx(top1)
 
 
-def test_a_corrupted_backend_is_reported_as_mismatching(tmp_path, monkeypatch, capsys):
-    real = driver.run_ref
-
-    def one_element_off(*args, **kwargs):
-        run = real(*args, **kwargs)
-        run.trace["blocks.1.attn.softmax"] = run.trace["blocks.1.attn.softmax"].clone()
-        run.trace["blocks.1.attn.softmax"].view(-1)[7] ^= 1
-        return run
-
-    monkeypatch.setattr(driver, "run_ref", one_element_off)
-    rc, r = report_of(tmp_path, "--backend", "ref", "--images", "2")
-    assert rc == 1 and not r["bit_exact"] and r["mismatches"] == 1
-    assert "mismatch blocks.1.attn.softmax: 1 of" in capsys.readouterr().out
-
-
 def tiny_swin():
     torch.manual_seed(0)
     return SwinTransformer(img_size=32, patch_size=2, in_chans=3, num_classes=5, window_size=4, embed_dim=16,

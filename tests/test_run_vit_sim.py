@@ -98,6 +98,28 @@ def test_performance_mode_compares_the_output_and_runs_no_read_backs(tmp_path):
     assert check["host_link_bytes"] == link
 
 
+def test_a_corrupted_backend_is_reported_as_mismatching(tmp_path, monkeypatch, capsys):
+    """One element off in one image's intermediate: the run is not bit-exact, and the report names
+    the tensor and the image."""
+    from sw import driver
+
+    real = driver.run_sim
+
+    def one_element_off(*args, **kwargs):
+        run = real(*args, **kwargs)
+        run.trace["blocks.1.attn.softmax"] = run.trace["blocks.1.attn.softmax"].clone()
+        run.trace["blocks.1.attn.softmax"][1].view(-1)[7] ^= 1
+        return run
+
+    monkeypatch.setattr(driver, "run_sim", one_element_off)
+    out = tmp_path / "report.json"
+    assert run_vit(["--backend", "sim", "--array", "4x6", "--images", "2", "--json", str(out), "--quiet"]) == 1
+    r = json.loads(out.read_text())
+    assert not r["bit_exact"] and r["mismatches"] == 1 and r["mismatching_images"] == [1]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "mismatch blocks.1.attn.softmax: 1 of" in printed and "images not bit-exact: [1]" in printed
+
+
 def test_deit_tiny_block_from_checkpoint_and_imagefolder(tmp_path, make_imagefolder):
     """A (random-init) DeiT-Tiny checkpoint and a small ImageFolder the test makes: the first block
     through the top, bit-exact."""
