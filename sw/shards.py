@@ -80,8 +80,9 @@ def _model_file(model, fingerprint: str) -> Path:
 
 
 def _crash_once(marker: str) -> None:
-    """Fault injection (``run_vit.py --inject-crash``): the first attempt to reach this point kills
-    its worker process, as a lost node would; the retry finds the marker and carries on."""
+    """Fault injection (``run_vit.py --inject-crash``): the first attempt to reach this point (after
+    the shard has run on the backend) kills its worker process, as a lost node would; the retry
+    finds the marker and runs the shard again."""
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
     except FileExistsError:
@@ -103,8 +104,6 @@ def run_shard(setup: Setup, model, float_model, ids: list[int], x: torch.Tensor,
 
     from . import driver
 
-    if crash_marker is not None:
-        _crash_once(crash_marker)
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     path = _model_file(model, setup.fingerprint)
@@ -118,6 +117,8 @@ def run_shard(setup: Setup, model, float_model, ids: list[int], x: torch.Tensor,
     else:
         got = driver.run_sim(driver.build_sim(setup.cfg, setup.target), setup.cfg, path, codes, setup.layers, on_op,
                              check=setup.check, jitter=setup.jitter)
+    if crash_marker is not None:  # mid-shard: the backend's work is done and lost with the process
+        _crash_once(crash_marker)
     ref_t, got_t = ((reference.trace, got.trace) if setup.check
                     else (driver.final_output(reference.trace), driver.final_output(got.trace)))
     per_image, tensors = driver.compare_images(ref_t, got_t, len(ids))
