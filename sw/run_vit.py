@@ -77,8 +77,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"images per shard (one batch on one worker; default: split over the workers, at most "
                         f"{MAX_SHARD_IMAGES})")
     p.add_argument("--inject-crash", type=number(int, 0), default=None, metavar="K",
-                   help="fault injection (testing): the first attempt of shard K kills its Ray worker process; "
-                        "Ray retries the shard")
+                   help="fault injection (testing): the first attempt of shard K kills its Ray worker process once "
+                        "the shard has run, before it returns; Ray retries the shard")
     p.add_argument("--observer", default="minmax", choices=OBSERVER_NAMES, help="activation observer")
     p.add_argument("--lis-rule", default=DEFAULT_LIS_RULE, choices=sorted(LIS_RULES),
                    help=f"LIS rounding rule (default {DEFAULT_LIS_RULE})")
