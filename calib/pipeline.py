@@ -7,7 +7,6 @@ or data (``calibrate``, ``quantize_model``, ``evaluate``).
 
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -167,19 +166,6 @@ class Quantized:
         """`inputs` as the integer model takes them: uint8 codes, and the labels."""
         x, y = self.inputs(ids)
         return self.im.quantize_input(x), y
-
-    @cached_property
-    def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images(range(len(self.test_set)))
-
-    @property
-    def codes(self) -> torch.Tensor:
-        """Every test image's codes, loaded once (small runs; `images` loads a selection)."""
-        return self._all[0]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._all[1]
 
 
 def quantize(model_name: str = DIGITS, config: QuantConfig = QuantConfig(), *, checkpoint: str | Path | None = None,

@@ -109,16 +109,18 @@ def model_run(model: str, images: int, layers: int | None, build=None, cfg=None)
     cfg = cfg or driver.top_config(q.im, *ARRAY)
     # what a shard (sw/shards.py) spends beside the backend: the integer reference of the whole
     # model (the ref backend's work), and the float and fake-quant predictions
+    x, _ = q.inputs(range(images))
+    codes = q.im.quantize_input(x)
     t0 = time.perf_counter()
-    integer_forward(q.im, q.codes)
+    integer_forward(q.im, codes)
     ref_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    predict(q.model, q.sim, q.im, q.inputs(range(images))[0], ("float", "fakequant"))
+    predict(q.model, q.sim, q.im, x, ("float", "fakequant"))
     float_s = time.perf_counter() - t0
-    reference, _ = driver.plan(q.im, q.codes, cfg, depth)
+    reference, _ = driver.plan(q.im, codes, cfg, depth)
     compiled = (build or driver.build_sim)(cfg)
     t0 = time.perf_counter()
-    got = driver.run_sim(compiled, cfg, q.path, q.codes, depth, check=False)  # performance mode
+    got = driver.run_sim(compiled, cfg, q.im, codes, depth, check=False)  # performance mode
     wall = time.perf_counter() - t0
     mismatches = sum(t["mismatches"] for t in driver.compare(driver.final_output(reference.trace),
                                                              driver.final_output(got.trace)).values())

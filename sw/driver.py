@@ -133,14 +133,14 @@ def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
     return path.read_text()
 
 
-def run_sim(compiled: toolchain.Build, cfg: TopConfig, model_path: Path, codes: torch.Tensor, depth: int,
+def run_sim(compiled: toolchain.Build, cfg: TopConfig, im: IntModel, codes: torch.Tensor, depth: int,
             on_progress=None, check: bool = True, jitter: bool = False) -> Run:
     """Run the model's first `depth` blocks on the Verilated top; `on_progress(ops_done)` while it
     runs. `check`: also read back what stays on chip (sw/ops.py), for `compare`; otherwise
     (performance mode) only the final output is meant to be compared (`final_output`). `jitter`:
     the host offers data and takes results at random (sim/host.py), a test of the top's
     handshakes; the cycles then include the waits."""
-    result = simulate(compiled, cfg, {"model": str(model_path), "codes": codes, "depth": depth, "check": check},
+    result = simulate(compiled, cfg, {"model": im, "codes": codes, "depth": depth, "check": check},
                       on_progress, jitter)
     return Run(result["out"], result["trace"], result["stats"], result["cycles"], result["sim_seconds"],
                result["wall_s"], result["rtl_seconds"], result["log"], result["check_cycles"], result["traffic"],

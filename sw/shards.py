@@ -1,7 +1,7 @@
 """Sharded evaluation: the test images split into shards, each run as one batch on a backend, in
 this process or as Ray tasks, and every shard's per-image records stored (sw/results_store.py).
 
-    evaluate(setup, model_path, codes, labels, store, workers=W)
+    evaluate(setup, model_path, (float_model, calibration), images, load, store, workers=W)
 
 * The driver calibrates and exports once; a shard needs the integer model (a path here, its file's
   bytes through Ray's object store elsewhere: a worker writes them into its node's cache), the
@@ -19,6 +19,7 @@ this process or as Ray tasks, and every shard's per-image records stored (sw/res
 
 from __future__ import annotations  # annotations only: importing this module loads neither torch nor Amaranth
 
+import functools
 import math
 import os
 import socket
@@ -79,6 +80,15 @@ def _model_file(model, fingerprint: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _load(path: Path, fingerprint: str):
+    """The integer model of a run, loaded (and checksummed) once per process, not once per shard;
+    keyed by its fingerprint too, as the default export path is rewritten by every run."""
+    from calib.export import load
+
+    return load(path)
+
+
 def _crash_once(marker: str) -> None:
     """Fault injection (``run_vit.py --inject-crash``): the first attempt to reach this point (after
     the shard has run on the backend) kills its worker process, as a lost node would; the retry
@@ -99,15 +109,13 @@ def run_shard(setup: Setup, model, float_model, ids: list[int], x: torch.Tensor,
     predictions; `x`: the images, normalized. `on_op(ops_done)` while it runs."""
     import torch
 
-    from calib.export import load
     from calib.pipeline import integer_forward, predict
 
     from . import driver
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    path = _model_file(model, setup.fingerprint)
-    im = load(path)
+    im = _load(_model_file(model, setup.fingerprint), setup.fingerprint)
     codes = im.quantize_input(x)
     # The driver compiled every op for the hardware before the first shard (driver.plan): here the
     # reference is the integer model itself, which is also the whole of the ref backend's work.
@@ -115,7 +123,7 @@ def run_shard(setup: Setup, model, float_model, ids: list[int], x: torch.Tensor,
     if setup.backend == "ref":
         got = reference
     else:
-        got = driver.run_sim(driver.build_sim(setup.cfg, setup.target), setup.cfg, path, codes, setup.layers, on_op,
+        got = driver.run_sim(driver.build_sim(setup.cfg, setup.target), setup.cfg, im, codes, setup.layers, on_op,
                              check=setup.check, jitter=setup.jitter)
     if crash_marker is not None:  # mid-shard: the backend's work is done and lost with the process
         _crash_once(crash_marker)
@@ -164,7 +172,8 @@ def evaluate(setup: Setup, model_path: Path, float_model, images: int, load, sto
     sample = sorted(set(sample))
     if sample:
         store.check_images({i: image_sha(c) for i, c in zip(sample, load(sample)[0])})
-    todo = [i for i in range(images) if i not in set(before)]
+    stored = set(before)
+    todo = [i for i in range(images) if i not in stored]
     shards = shard_ids(todo, workers, shard_images)
     done = [len(before)]
     report = progress or (lambda *a: None)

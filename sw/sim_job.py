@@ -1,7 +1,7 @@
 """The ``sim`` backend's side: a model (or benchmark GEMMs) run on the Verilated top.
 
 sw/driver.py starts the compiled harness (sim/host.py's ``HostProcess``) and hands a job here:
-an integer model file, image codes and the blocks to run, or GEMM shapes. The network's forward
+an integer model, image codes and the blocks to run, or GEMM shapes. The network's forward
 runs with ``AcceleratorOps``; each op's program goes to the harness through ``SimDevice``, which
 hands whole programs to the RTL and waits for them, so Python is out of the per-cycle loop. The
 result holds every traced tensor, per-op statistics and the simulation's times.
@@ -11,7 +11,6 @@ import time
 
 import torch
 
-from calib.export import load
 from calib.intref import vit
 from hw.top import TopConfig
 from sim.host import CMD_DEPTH, DIN_DEPTH, DOUT_DEPTH, HostProcess
@@ -65,7 +64,7 @@ class SimDevice:
 
 
 def _run_model(job: dict, compiler: Compiler, device: SimDevice, on_op) -> dict:
-    im = load(job["model"])
+    im = job["model"]
     ops = AcceleratorOps(compiler, device, on_op, check=job.get("check", True))
     trace = {}
     out = vit.forward(im, job["codes"], trace, ops, job["depth"])
