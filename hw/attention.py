@@ -11,10 +11,14 @@ logit codes. The chain takes those rows and feeds the two units that follow:
   only while a half is free (``released``, the slabs the feeder has finished reading).
 * **Feeder**: reads a query's words in key order and hands the softmax one code per cycle (a C:1
   byte select behind the block RAM's output register), ``last`` on the row's final key.
-* **V lookup**: each LIS code out of the softmax is key ``j`` of its row; the V buffer (``vbuf``,
-  one word of ``lanes`` codes per key, written by the top's ``LOAD_V``) gives V's row j beside it,
-  and the pair goes to attention x V with the command's requantization. A head of up to ``lanes``
-  channels is one pass: every code streams once, not once per chunk of columns.
+* **V lookup**: each LIS code out of the softmax is key ``j`` of its row; the V buffer gives V's row
+  j beside it, and the pair goes to attention x V with the command's requantization. A head of up
+  to ``lanes`` channels is one pass: every code streams once, not once per chunk of columns. The V
+  buffer is ``v_chunks`` block RAMs side by side, each ``v_word`` codes of every key, all read at
+  the key; the top's ``LOAD_V`` writes one chunk's column of words at a time (``v_write``: address
+  ``chunk * 2**key_bits + key``), so a V word is 128 bits and not a whole row (512 at 64 lanes):
+  the host link's ``din`` needs no more width than the residual adder's input (174 bits), which
+  that width had been costing the top's routing.
 * With ``tap`` the softmax codes leave on ``codes_out`` instead (the driver's check mode reads
   the chain's intermediate this way).
 
@@ -27,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream
+from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import Component, In, Out
 from amaranth.utils import bits_for, ceil_log2
 
@@ -67,6 +72,26 @@ class AttentionConfig:
     def sbuf_depth(self) -> int:
         return 2 * (1 << ceil_log2(self.rows)) * self.tile_slots
 
+    V_WORD = 16  # codes of a LOAD_V word: 128 bits, within the 174-bit din the other commands need
+
+    @property
+    def v_word(self) -> int:
+        return min(self.lanes, self.V_WORD)
+
+    @property
+    def v_chunks(self) -> int:
+        """V buffer chunks: block RAMs of `v_word` codes a key."""
+        return -(-self.lanes // self.v_word)
+
+    @property
+    def key_bits(self) -> int:
+        return ceil_log2(self.max_keys)
+
+    @property
+    def v_addr_bits(self) -> int:
+        """`v_write`'s address: (key, chunk), the key in the low `key_bits`."""
+        return self.key_bits + ceil_log2(self.v_chunks)
+
     @property
     def max_slabs(self) -> int:
         return -(-self.max_keys // self.rows)
@@ -96,13 +121,12 @@ class AttentionChain(Component):
     -> the softmax's ``inp``; ``codes_in`` <- its ``out``; ``attnv_out`` -> attention x V's
     ``inp``; ``codes_out``: the softmax codes in ``tap`` mode. ``start`` (one cycle) begins a
     command whose ``params`` hold until it ends; ``released`` counts the slabs whose half of the
-    slab buffer is free again (wrapping). ``v_write``: the V buffer's write port (``LOAD_V``)."""
+    slab buffer is free again (wrapping). ``v_write``: the V buffer's write port (``LOAD_V``),
+    ``v_word`` codes of one key's chunk at address ``chunk * 2**key_bits + key``."""
 
     def __init__(self, config: AttentionConfig, softmax: SoftmaxConfig, attnv: AttnVConfig):
         self._config = config
         C = config.cols
-        self._vbuf = Bram(shape=data.ArrayLayout(unsigned(8), config.lanes), depth=config.max_keys,
-                          registered_inputs=True)
         super().__init__({
             "start": In(1),
             "params": In(config.params_layout),
@@ -113,8 +137,10 @@ class AttentionChain(Component):
             "codes_in": In(stream.Signature(softmax.out_layout)),
             "codes_out": Out(stream.Signature(softmax.out_layout)),
             "attnv_out": Out(stream.Signature(attnv.in_layout)),
+            # a memory port's members are inputs already: Out keeps them so
+            "v_write": Out(WritePort.Signature(addr_width=config.v_addr_bits,
+                                              shape=data.ArrayLayout(unsigned(8), config.v_word))),
         })
-        self.v_write = self._vbuf.write_port()
 
     @property
     def config(self) -> AttentionConfig:
@@ -126,7 +152,16 @@ class AttentionChain(Component):
         C = cfg.cols
         row_bits, tile_bits = ceil_log2(cfg.rows), ceil_log2(cfg.tile_slots)
         m.submodules.sbuf = sbuf = Bram(shape=data.ArrayLayout(unsigned(8), C), depth=cfg.sbuf_depth)
-        m.submodules.vbuf = vbuf = self._vbuf
+        # V buffer: one Bram per chunk, written when the address picks it, all read at one key
+        vbufs = []
+        vw = self.v_write
+        for c in range(cfg.v_chunks):
+            m.submodules[f"vbuf_{c}"] = vbuf = Bram(shape=data.ArrayLayout(unsigned(8), cfg.v_word),
+                                                    depth=cfg.max_keys, registered_inputs=True)
+            wp_v = vbuf.write_port()
+            m.d.comb += [wp_v.addr.eq(vw.addr[:cfg.key_bits]), wp_v.data.eq(vw.data),
+                         wp_v.en.eq(vw.en & (vw.addr[cfg.key_bits:] == c))]
+            vbufs.append(vbuf)
 
         # Writer: rows arrive tile by tile, each tile's rows in order; the slab's last tile ends it.
         w_row, w_tile, w_half = Signal(range(cfg.rows)), Signal(range(cfg.tile_slots)), Signal()
@@ -180,10 +215,14 @@ class AttentionChain(Component):
                      self.codes_out.payload.eq(self.codes_in.payload),
                      look.valid.eq(self.codes_in.valid & ~p.tap), self.codes_out.valid.eq(self.codes_in.valid & p.tap),
                      self.codes_in.ready.eq(Mux(p.tap, self.codes_out.ready, look.ready))]
-        pipe = CreditPipeline(m, look, self.attnv_out, vbuf.latency, "v_lookup")
+        v_latency = vbufs[0].latency
+        pipe = CreditPipeline(m, look, self.attnv_out, v_latency, "v_lookup")
         key, rows_left = Signal(range(cfg.max_keys)), Signal(range(cfg.max_slabs * cfg.rows + 1))
-        vrp = vbuf.read_port()
-        m.d.comb += vrp.addr.eq(key)
+        v_row = []
+        for vbuf in vbufs:
+            vrp = vbuf.read_port()
+            m.d.comb += vrp.addr.eq(key)
+            v_row.append(vrp.data.as_value())
         took = look.valid & look.ready
         last = look.payload.last
         with m.If(self.start):
@@ -195,9 +234,9 @@ class AttentionChain(Component):
         keep = Signal(cfg.lanes)
         m.d.sync += keep.eq(Cat(lane < p.head_dim for lane in range(cfg.lanes)))
         r = pipe.result
-        m.d.comb += [r.code.eq(pipe.delay(look.payload.code, vbuf.latency, "code")),
-                     r.last.eq(pipe.delay(last, vbuf.latency, "last")),
-                     r.last_row.eq(pipe.delay(last & (rows_left == 1), vbuf.latency, "last_row")),
-                     r.v.eq(vrp.data), r.z_v.eq(p.v_zero), r.keep.eq(keep), r.z_out.eq(p.zero),
+        m.d.comb += [r.code.eq(pipe.delay(look.payload.code, v_latency, "code")),
+                     r.last.eq(pipe.delay(last, v_latency, "last")),
+                     r.last_row.eq(pipe.delay(last & (rows_left == 1), v_latency, "last_row")),
+                     r.v.eq(Cat(*v_row)[:cfg.lanes * 8]), r.z_v.eq(p.v_zero), r.keep.eq(keep), r.z_out.eq(p.zero),
                      r.mult.eq(p.mult), r.shift.eq(p.shift)]
         return m

@@ -17,6 +17,12 @@ requantizers take the held row ``requant_lanes`` columns per cycle: ``steps = ce
 requant_lanes)`` cycles per row, hidden behind the next row's keys whenever rows have at least
 ``steps`` keys. ``requant_lanes = lanes`` gives one requantizer per lane, for short rows.
 
+The output is one word per requantizer issue: ``requant_lanes`` codes and their ``keep`` bits, in
+column order; issues whose columns are all past the row's ``keep`` (a head narrower than ``lanes``)
+give no word. A row of ``lanes`` columns would be a word of 8 x ``lanes`` bits (577 at 64 lanes):
+that wide a result FIFO and output bus were what kept the accelerator top from routing, and the
+requantizers produce the row ``requant_lanes`` columns at a time anyway.
+
 The key pipeline is a stall-together pipeline (hw.pipeline.StallPipeline): it holds a row's last
 key while the hold register is still busy. The requantizers are a credit pipeline
 (hw.pipeline.CreditPipeline): back-pressure on ``out`` stops new issues once the output FIFO is
@@ -84,9 +90,14 @@ class AttnVConfig:
 
     @property
     def latency(self) -> int:
-        """Cycles from the handshake of a row's last key to its output, unstalled, when the previous
-        row had at least `steps` keys: key stages, hold, `steps` requant issues, the requantizer's other stages."""
-        return KEY_STAGES + self.steps + REQUANT_STAGES + CreditPipeline.FIFO_LATENCY
+        """Cycles from the handshake of a row's last key to its first output word, unstalled, when
+        the previous row had at least `steps` keys: key stages, hold, the first requant issue, the
+        requantizer's other stages; the row's other words follow one per cycle."""
+        return KEY_STAGES + 1 + REQUANT_STAGES + CreditPipeline.FIFO_LATENCY
+
+    def words(self, columns: int) -> int:
+        """Output words of a row of `columns` columns (its ``keep``)."""
+        return -(-columns // self.requant_lanes)
 
     def timing(self) -> dict:
         return {"latency": self.latency, "keys_per_cycle": 1, "min_row_cycles": self.steps}
@@ -108,9 +119,11 @@ class AttnVConfig:
 
     @property
     def out_layout(self) -> data.StructLayout:
+        """One requantizer issue: columns ``requant_lanes * i ...`` of a row, ``last`` on the last
+        word of a row that ends a block (``last_row``)."""
         return data.StructLayout({
-            "data": data.ArrayLayout(unsigned(8), self.lanes),
-            "keep": unsigned(self.lanes),
+            "data": data.ArrayLayout(unsigned(8), self.requant_lanes),
+            "keep": unsigned(self.requant_lanes),
             "last": unsigned(1),
         })
 
@@ -119,7 +132,8 @@ class AttnVConfig:
 
 
 class AttnV(StreamUnit):
-    """``inp``: one key per beat (fields in ``AttnVConfig.in_layout``); ``out``: one beat per row.
+    """``inp``: one key per beat (fields in ``AttnVConfig.in_layout``); ``out``: a row's columns,
+    ``requant_lanes`` a word.
 
     The per-layer scalars travel in every beat instead of a parameter register: a row is then
     self-contained, so rows of different layers (or heads with different zero points) may follow
@@ -133,7 +147,7 @@ class AttnV(StreamUnit):
         cfg = self._config
         lanes, width, steps = cfg.lanes, cfg.requant_lanes, cfg.steps
         inp = self.inp.payload
-        row_fields = ("keep", "last_row", "z_out", "mult", "shift")  # the fields read on a row's last key
+        row_fields = ("last_row", "z_out", "mult", "shift")  # with keep, the fields read on a row's last key
         row_layout = data.StructLayout({k: cfg.in_layout[k].shape for k in row_fields})
 
         # Key pipeline, stage 1: v - z_v and copies of the key's code and `last`; stages 2 and 3:
@@ -200,26 +214,25 @@ class AttnV(StreamUnit):
         m.d.comb += [getattr(row_in, k).eq(getattr(inp, k)) for k in row_fields]
         row = row_keys.delay(row_in, KEY_STAGES, "key_row")
         held_row = Signal(row_layout)
+        # keep shifts down with the held sums: an issue's columns are its lowest `width` bits
+        keep = row_keys.delay(inp.keep, KEY_STAGES, "key_keep")
+        held_keep = Signal(steps * width)
+        with row_keys.m.If(row_hold.taken):
+            row_keys.m.d.sync += held_keep.eq(held_keep >> width)
         with row_keys.m.If(row_hold.load):
-            row_keys.m.d.sync += held_row.eq(row)
+            row_keys.m.d.sync += [held_row.eq(row), held_keep.eq(keep)]
 
         # Requantizers: requant_stages is the whole rq pipeline.
         shift1, zero1 = rq.reg(held_row.shift, "rq_shift"), rq.reg(held_row.z_out, "rq_zero")
         codes = [requant_stages(rq, held[i], held_row.mult, shift1, zero1, 0, 255, f"rq{i}", cfg.lut_multipliers)[:8] for i in range(width)]
-        final3, keep3, last_row3 = (rq.delay(v, REQUANT_STAGES, f"rq_{n}") for v, n in
-                                    ((hold.final, "final"), (held_row.keep, "keep"), (held_row.last_row, "last_row")))
-
-        # Output: the codes of the first steps - 1 issues wait in a shift register; the last
-        # issue's codes join them straight from the requantizers.
-        early = [Signal(8, name=f"early_{i}") for i in range((steps - 1) * width)]
-        with m.If(rq.out_valid & ~final3):
-            m.d.sync += [early[i].eq((early + codes)[i + width]) for i in range(len(early))]
-        row_codes = early + codes
+        # an issue gives a word if any of its columns is kept; the row's last such word ends a block
+        keep3 = rq.delay(held_keep[:width], REQUANT_STAGES, "rq_keep")
+        last3 = rq.delay(held_row.last_row & (held_keep[width:] == 0), REQUANT_STAGES, "rq_last")
         m.d.comb += [
-            rq.push.eq(final3),  # the row's other issues only fill `early`
-            *(rq.result.data[lane].eq(row_codes[lane]) for lane in range(lanes)),
+            rq.push.eq(keep3.any()),
+            *(rq.result.data[lane].eq(codes[lane]) for lane in range(width)),
             rq.result.keep.eq(keep3),
-            rq.result.last.eq(last_row3),
+            rq.result.last.eq(last3),
         ]
         return m
 

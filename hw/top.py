@@ -16,12 +16,13 @@ beside another command (the ``MATMUL`` in flight); see the two engines in ``elab
   the buffers feed the array one beat per cycle, and every result row goes through the
   requantizer (channel group ``group + t``) and the GELU table to ``dout`` as an ``epilogue``
   word holding both the requantized codes (or int32, ``wide``) and their GELU codes.
-* ``LOAD_V``: ``count`` words into the attention chain's V buffer (``attnv_lanes`` codes a word: V's
-  row of one key).
+* ``LOAD_V``: ``count`` words into the attention chain's V buffer from address ``addr``: a word is
+  one key's chunk of V's row (``AttentionConfig.v_word`` codes), at ``chunk * 2**key_bits + key``.
 * ``ATTEND``: one head's attention on chip (hw/attention.py): the issue engine walks Q's slabs in
   the activation buffer against K^T's tiles in the weight buffer, the requantized logit rows go
   to the chain (slab buffer, LIS softmax, V lookup, attention x V), and each query's attention x V
-  row leaves on ``dout`` (with ``tap``: each softmax code, the driver's check mode).
+  row leaves on ``dout``, ``requant_lanes`` columns a word (with ``tap``: each softmax code, the
+  driver's check mode).
 * ``STREAM``: ``count`` words through ``unit`` (LayerNorm, residual add), its outputs to ``dout``.
 
 What still streams in and out between operations instead of living in a scratchpad, and what that
@@ -176,7 +177,7 @@ class TopConfig:
 
     @property
     def cmd_layout(self) -> data.StructLayout:
-        addr = unsigned(bits_for(max(self.act_words, self.weight_words)))
+        addr = unsigned(max(bits_for(max(self.act_words, self.weight_words)), self.attention.v_addr_bits))
         return data.StructLayout({
             "op": Op,
             "unit": UnitId,
@@ -220,7 +221,7 @@ class TopConfig:
     @property
     def din_width(self) -> int:
         u = self.units()
-        widths = [self.rows * 8, self.cols * 8, self.attnv_lanes * 8]  # LOAD_ACT, LOAD_WEIGHT, LOAD_V
+        widths = [self.rows * 8, self.cols * 8, self.attention.v_word * 8]  # LOAD_ACT, LOAD_WEIGHT, LOAD_V
         widths += [u[n].param_layout.size for n in ("requant", "gelu", "layernorm", "softmax", "residual")]
         widths += [u[n].in_layout.size for n in ("layernorm", "residual")]
         return max(widths)
@@ -436,7 +437,7 @@ class Accelerator(Component):
         # registers of all of wbuf's blocks was the 8x8 top's critical path (81.7 MHz).
         m.d.comb += wwp.en.eq(self.din.valid & take & route_load_weight)
         vwp = chain.v_write
-        m.d.comb += [vwp.addr.eq(wptr_load), vwp.data.eq(self.din.payload[:cfg.attnv_lanes * 8]),
+        m.d.comb += [vwp.addr.eq(wptr_load), vwp.data.eq(self.din.payload[:cfg.attention.v_word * 8]),
                      vwp.en.eq(self.din.valid & take & route_load_v)]
         with m.If(route_load_weight | route_load_v):
             m.d.comb += din_ready.eq(take)

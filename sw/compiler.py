@@ -88,7 +88,7 @@ class Compiler:
         word R codes, an epilogue row its int32 lanes and GELU codes), not the link's width."""
         u, cfg = self.units, self.cfg
         size = lambda bits: -(-bits // 8)  # noqa: E731
-        din = {Op.LOAD_ACT: cfg.rows, Op.LOAD_WEIGHT: cfg.cols, Op.LOAD_V: cfg.attnv_lanes}
+        din = {Op.LOAD_ACT: cfg.rows, Op.LOAD_WEIGHT: cfg.cols, Op.LOAD_V: cfg.attention.v_word}
         params = {UnitId.REQUANT: "requant", UnitId.GELU: "gelu", UnitId.LAYERNORM: "layernorm",
                   UnitId.SOFTMAX: "softmax", UnitId.RESIDUAL: "residual"}
         out = {"program": len(prog.commands) * size(cfg.cmd_layout.size), "weights": 0, "data_in": 0, "data_out": 0}
@@ -246,10 +246,10 @@ class Compiler:
         (hw/attention.py): K as the weights, V in the V buffer, Q's slabs in the activation buffer,
         one ATTEND a head (more when Q does not fit the buffer). Gives attention x V's rows, or with
         `tap` the softmax codes (the driver's check mode)."""
-        cfg, R, C = self.cfg, self.cfg.rows, self.cfg.cols
+        cfg, R, C, att = self.cfg, self.cfg.rows, self.cfg.cols, self.cfg.attention
         *lead, nq, hd = q.shape
         nk = k.shape[-2]
-        sm = self.units["softmax"]
+        sm, av = self.units["softmax"], self.units["attnv"]
         if mask is not None:
             raise CompileError("attention: masks (Swin's shifted windows) are not compiled yet")
         if tuple(rule) != sm.num_den:
@@ -278,7 +278,9 @@ class Compiler:
             kt = np.zeros((tiles * C, hd), dtype=np.int64)
             kt[:nk] = ks[h]
             prog.add(self._bytes(kt.reshape(tiles, C, hd).transpose(0, 2, 1).reshape(-1, C)), op=Op.LOAD_WEIGHT, addr=0)
-            prog.add(self._bytes(_lanes(vs[h], cfg.attnv_lanes)), op=Op.LOAD_V, addr=0)
+            for chunk, c0 in enumerate(range(0, hd, att.v_word)):  # V's columns a chunk at a time
+                prog.add(self._bytes(_lanes(vs[h][:, c0:c0 + att.v_word], att.v_word)), op=Op.LOAD_V,
+                         addr=chunk << att.key_bits)
             for s0 in range(0, slabs, per_cmd):
                 s1 = min(slabs, s0 + per_cmd)
                 m0, m1 = s0 * R, min(nq, s1 * R)
@@ -289,7 +291,7 @@ class Compiler:
                 prog.add([], op=Op.ATTEND, addr=0, waddr=0, k=hd, tiles=tiles, group=0, rows=m1 - (s1 - 1) * R,
                          extra_slabs=s1 - s0 - 1, last_cols=nk - (tiles - 1) * C, a_zero=z, b_zero=z, b_signed=0,
                          zero=logits_rq[2], keys=nk, tap=int(tap), v_zero=z, head_dim=hd, av_zero=a_zero,
-                         av_mult=a_mult, av_shift=a_shift, out_count=(m1 - m0) * (nk if tap else 1))
+                         av_mult=a_mult, av_shift=a_shift, out_count=(m1 - m0) * (nk if tap else av.words(hd)))
             prog.array_beats += slabs * tiles * hd
         heads = qs.shape[0]
         prog.macs += 0 if tap else 2 * heads * nq * nk * hd  # Q.K^T and attention x V
@@ -298,6 +300,7 @@ class Compiler:
             if tap:
                 codes = self.codecs["softmax"][2].decode(words)["code"]
                 return torch.from_numpy(codes.reshape(heads, nq, nk)).reshape(*lead, nq, nk)
+            # a query's row is av.words(hd) words of requant_lanes columns
             rows = self.codecs["attnv"][2].decode(words)["data"].reshape(heads, nq, -1)[:, :, :hd]
             return torch.from_numpy(np.ascontiguousarray(rows)).reshape(*lead, nq, hd)
         prog.decode = decode

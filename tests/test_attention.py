@@ -21,8 +21,10 @@ def attention_case(cfg: TopConfig, heads: int, nq: int, nk: int, hd: int, seed: 
 
 
 # (R, C, attnv lanes, heads, queries, keys, head dim): ragged last slabs and key tiles, one slab,
-# one key tile, a head as wide as the unit
-CASES = [(2, 3, 4, 2, 5, 7, 4), (3, 2, 8, 1, 7, 9, 8), (1, 2, 4, 1, 3, 2, 3), (4, 4, 4, 1, 4, 4, 4)]
+# one key tile, a head as wide as the unit, V in three chunks of the V buffer (the last ragged) and
+# a head narrower than the unit
+CASES = [(2, 3, 4, 2, 5, 7, 4), (3, 2, 8, 1, 7, 9, 8), (1, 2, 4, 1, 3, 2, 3), (4, 4, 4, 1, 4, 4, 4),
+         (2, 2, 40, 1, 3, 5, 35)]
 
 
 @pytest.mark.parametrize("tap", [False, True], ids=["attn_v", "tap"])
@@ -47,9 +49,14 @@ def test_the_chain_matches_the_reference_under_back_pressure(rows, cols, lanes, 
     out = compiler.codecs["softmax" if tap else "attnv"][2].decode(words)
     if tap:  # `last` on each row's final key
         assert out["last"].tolist() == [int(j == nk - 1) for _ in range(heads * nq) for j in range(nk)]
-    else:  # the head's lanes kept; `last` on each ATTEND's final row
-        assert set(out["keep"].tolist()) == {(1 << hd) - 1}
-        assert out["last"].tolist() == [int(i == nq - 1) for _ in range(heads) for i in range(nq)]
+    else:  # each query's row in words of requant_lanes columns, the head's columns kept; `last` on
+        # each ATTEND's final word
+        rl = cfg.units()["attnv"].requant_lanes
+        n = -(-hd // rl)
+        keep = [sum(1 << j for j in range(rl) if w * rl + j < hd) for w in range(n)]
+        assert out["keep"].tolist() == keep * (heads * nq)
+        assert out["last"].tolist() == [int(i == nq - 1 and w == n - 1) for _ in range(heads) for i in range(nq)
+                                        for w in range(n)]
 
 
 def test_queries_beyond_the_activation_buffer_take_several_commands():

@@ -10,7 +10,7 @@ from calib.intref.softmax import ZERO_CODE
 from hw.attnv import AttnV, AttnVConfig
 from hw.payload import PayloadCodec
 from sim.pysim import StreamBench
-from sim.tb.attnv import Head, random_head, requant_for, shift_ladder_heads
+from sim.tb.attnv import Head, random_head, requant_for, row_starts, shift_ladder_heads
 
 
 def run_pysim(cfg: AttnVConfig, heads: list[Head], stall: float, seed: int):
@@ -19,7 +19,7 @@ def run_pysim(cfg: AttnVConfig, heads: list[Head], stall: float, seed: int):
     dut = AttnV(cfg)
     in_codec, out_codec = PayloadCodec(cfg.in_layout), PayloadCodec(cfg.out_layout)
     words = [w for head in heads for w in in_codec.encode(head.key_fields(cfg))]
-    rows = sum(head.out_rows(cfg) for head in heads)
+    rows = sum(head.out_words(cfg) for head in heads)
     bench = StreamBench(dut, seed)
     source = bench.send([(dut.inp, words)], idle=stall)
     sink = bench.receive(dut.out, rows, idle=stall)
@@ -27,7 +27,7 @@ def run_pysim(cfg: AttnVConfig, heads: list[Head], stall: float, seed: int):
     fields = out_codec.decode(sink.words)
     parts, r = [], 0
     for head in heads:
-        n = head.out_rows(cfg)
+        n = head.out_words(cfg)
         parts.append({k: value[r:r + n] for k, value in fields.items()})
         r += n
     return parts, source.accepted_at(dut.inp), sink.received_at
@@ -57,17 +57,21 @@ def test_pysim_matches_reference(lanes, requant_lanes, lut):
 
 
 def test_pysim_latency_and_throughput():
-    """Rows of at least `steps` keys: one key per cycle and the published latency; one-key rows:
-    one row per `steps` cycles."""
+    """Rows of at least `steps` keys: one key per cycle, a row's first word after the published
+    latency and its other words one per cycle; one-key rows: one row per `steps` cycles."""
     cfg = AttnVConfig(lanes=5, requant_lanes=2, max_keys=32)
     gen, rng = torch.Generator().manual_seed(5), random.Random(5)
     heads = [random_head(gen, rng, 3, nk, cfg.lanes + 1, f"{nk} keys") for nk in (cfg.steps, 7)]
     _, accepted_at, received_at = run_pysim(cfg, heads, 0.0, seed=5)
     assert accepted_at == list(range(accepted_at[0], accepted_at[0] + len(accepted_at))), "inp stalled"
     last_keys = [i for i, last in enumerate(k for h in heads for k in h.key_fields(cfg)["last"]) if last]
-    assert {r - accepted_at[k] for r, k in zip(received_at, last_keys)} == {cfg.latency}
-    _, _, received_at = run_pysim(cfg, [random_head(gen, rng, 5, 1, cfg.lanes, "one key")], 0.0, seed=5)
-    assert {b - a for a, b in zip(received_at, received_at[1:])} == {cfg.steps}
+    first, words = row_starts(cfg, heads)
+    assert {received_at[w] - accepted_at[k] for w, k in zip(first, last_keys, strict=True)} == {cfg.latency}
+    assert [received_at[w + n - 1] - received_at[w] for w, n in zip(first, words)] == [n - 1 for n in words]
+    short = [random_head(gen, rng, 5, 1, cfg.lanes, "one key")]
+    _, _, received_at = run_pysim(cfg, short, 0.0, seed=5)
+    starts = [received_at[w] for w in row_starts(cfg, short)[0]]
+    assert {b - a for a, b in zip(starts, starts[1:])} == {cfg.steps}
 
 
 @pytest.mark.parametrize("field,value,bound", [
@@ -90,7 +94,7 @@ def test_config_accumulator_and_timing():
     assert AttnVConfig(max_keys=1).acc_bits == 25
     cfg = AttnVConfig(lanes=3, requant_lanes=2, max_keys=197)
     assert cfg.name == "attnv_3l_2r_197k"
-    assert cfg.timing() == {"latency": 19, "keys_per_cycle": 1, "min_row_cycles": 2}
+    assert cfg.timing() == {"latency": 18, "keys_per_cycle": 1, "min_row_cycles": 2}
     assert AttnVConfig().timing() == {"latency": 25, "keys_per_cycle": 1, "min_row_cycles": 8}
     assert AttnVConfig(lanes=8, requant_lanes=8).timing()["latency"] == 18
     assert cfg.to_dict() == {"lanes": 3, "requant_lanes": 2, "max_keys": 197, "lut_multipliers": False}

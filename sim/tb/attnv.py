@@ -81,20 +81,31 @@ class Head:
                           "last_row": np.where(last == 1, last_row, 1), "z_v": np.full(nq * nk, self.z_v), **fields})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def out_rows(self, cfg: AttnVConfig) -> int:
-        return len(self.chunks(cfg.lanes)) * self.codes.shape[0]
+    def row_words(self, cfg: AttnVConfig) -> list[int]:
+        """Output words of each query row, in streaming order (chunk by chunk)."""
+        return [cfg.words(width) for _, width in self.chunks(cfg.lanes) for _ in range(self.codes.shape[0])]
+
+    def out_words(self, cfg: AttnVConfig) -> int:
+        return sum(self.row_words(cfg))
 
     def check(self, cfg: AttnVConfig, fields: dict[str, np.ndarray]) -> None:
-        """Compare this head's output beats (in streaming order) with the reference."""
+        """Compare this head's output words (in streaming order: chunk, row, its columns
+        `requant_lanes` a word) with the reference."""
         nq, _ = self.codes.shape
+        w = cfg.requant_lanes
         got = torch.zeros((nq, self.v.shape[1]), dtype=torch.int64)
+        start = 0
         for g, (d0, width) in enumerate(self.chunks(cfg.lanes)):
-            rows = slice(g * nq, (g + 1) * nq)
-            keep, last = fields["keep"][rows], fields["last"][rows]
-            want_keep = (1 << width) - 1
-            assert np.all(keep == want_keep), f"{self!r}: chunk {g} keep {keep.tolist()}, want {want_keep}"
-            assert last.tolist() == [0] * (nq - 1) + [1], f"{self!r}: chunk {g} last {last.tolist()}"
-            got[:, d0:d0 + width] = torch.from_numpy(fields["data"][rows, :width])
+            n = cfg.words(width) * nq
+            words = slice(start, start + n)
+            start += n
+            keep, last = fields["keep"][words], fields["last"][words]
+            columns = np.tile(np.arange(cfg.words(width)), nq)[:, None] * w + np.arange(w)
+            want_keep = ((columns < width) << np.arange(w)).sum(axis=1)
+            assert np.array_equal(keep, want_keep), f"{self!r}: chunk {g} keep {keep.tolist()}, want {want_keep.tolist()}"
+            assert last.tolist() == [0] * (n - 1) + [1], f"{self!r}: chunk {g} last {last.tolist()}"
+            data = fields["data"][words].reshape(nq, -1)[:, :width]
+            got[:, d0:d0 + width] = torch.from_numpy(data)
         acc = self.acc()
 
         def explain(idx):
@@ -103,6 +114,12 @@ class Head:
                     f"v[:, {d}]={self.v[:, d].tolist()}")
 
         assert_bit_exact(f"{cfg.name} {self!r}", got, self.reference(), explain)
+
+
+def row_starts(cfg: AttnVConfig, heads: list[Head]) -> tuple[np.ndarray, list[int]]:
+    """The index of each row's first output word among `heads`' words, and each row's word count."""
+    words = [n for head in heads for n in head.row_words(cfg)]
+    return np.cumsum([0] + words[:-1]), words
 
 
 def requant_for(acc_peak: float, rng: random.Random) -> tuple[int, int]:
@@ -178,7 +195,7 @@ def digits_heads(vectors: dict, images: int) -> list[Head]:
 async def run_heads(dut, clock, heads: list[Head], idle: float, seed) -> JobRun:
     """Stream `heads` back to back and check each one's output."""
     in_codec, out_codec = PayloadCodec(CFG.in_layout), PayloadCodec(CFG.out_layout)
-    jobs = [Job(in_codec.encode(head.key_fields(CFG)), head.out_rows(CFG),
+    jobs = [Job(in_codec.encode(head.key_fields(CFG)), head.out_words(CFG),
                 check=lambda fields, head=head: head.check(CFG, fields)) for head in heads]
     cycles = sum(len(job.words) + job.out_beats * CFG.steps for job in jobs) + CFG.latency + 100
     return await run_jobs(dut, clock, jobs, out_codec, idle=idle, seed=seed, cycles=cycles)
@@ -242,8 +259,8 @@ async def digits_model_rows(dut):
 @cocotb.test()
 async def published_latency_and_full_throughput(dut):
     """Unstalled: rows of at least `steps` keys stream one key per cycle with no bubble between
-    rows, each row's output `latency` cycles after its last key; rows of one key leave one per
-    `steps` cycles."""
+    rows, each row's first output word `latency` cycles after its last key and its other words
+    one per cycle after it."""
     seed, gen = seeded()
     rng = random.Random(seed)
     d = CFG.lanes + 1  # two chunks
@@ -254,12 +271,16 @@ async def published_latency_and_full_throughput(dut):
     accepted, sink = run.inp.accepted_at, run.out
     assert accepted == list(range(accepted[0], accepted[0] + len(accepted))), "inp stalled"
     last_keys = np.flatnonzero(np.concatenate([job.key_fields(CFG)["last"] for job in jobs]))
-    delays = {sink.received_at[r] - accepted[k] for r, k in enumerate(last_keys)}
-    assert delays == {CFG.latency}, f"rows left {sorted(delays)} cycles after their last key, published {CFG.latency}"
+    first_words, row_words = row_starts(CFG, jobs)
+    delays = {sink.received_at[w] - accepted[k] for w, k in zip(first_words, last_keys, strict=True)}
+    assert delays == {CFG.latency}, f"rows began {sorted(delays)} cycles after their last key, published {CFG.latency}"
+    gaps = [sink.received_at[w + n - 1] - sink.received_at[w] - (n - 1) for w, n in zip(first_words, row_words)]
+    assert not any(gaps), f"a row's words did not leave one per cycle: extra cycles {gaps}"
     dut._log.info("%s: %d keys in %d cycles, latency %d", CFG.name, len(accepted),
                   sink.received_at[-1] - accepted[0] + 1, CFG.latency)
 
     short = [random_head(gen, rng, 6, 1, d, "one-key rows")]
     received = (await run_heads(dut, clock, short, 0.0, seed)).out.received_at
-    gaps = {b - a for a, b in zip(received, received[1:])}
-    assert gaps == {CFG.steps}, f"one-key rows left {sorted(gaps)} cycles apart, published {CFG.steps}"
+    starts = [received[w] for w in row_starts(CFG, short)[0]]
+    gaps = {b - a for a, b in zip(starts, starts[1:])}
+    assert gaps == {CFG.steps}, f"one-key rows began {sorted(gaps)} cycles apart, published {CFG.steps}"
