@@ -9,6 +9,13 @@ anything it feeds at about 110 MHz. Why slices: one RAM read asynchronously at o
 still fans that pointer out to every RAM cell (12 ns of routing at 12x12). So the payload is cut
 into slices of at most `SLICE_BITS` bits, each its own module with its own RAM, pointers and
 input register; the slices move in lockstep, and no net reaches more than one slice's cells.
+
+The slices are for placement and routing only. Elaborated for a platform whose ``fifo_slices`` is
+false (rtl_gen.SimulationPlatform: sw.driver's simulation build of the top), a FIFO is one slice:
+the same words in the same cycles, but Verilator evaluates every slice's pointers, level and RAM
+at every clock edge, and the ~50 slices of the epilogue's FIFOs (the array's results, the
+requantizer's, GELU's, the dout link's: ~300 bits each) were two fifths of the top's simulation
+time (DeiT-Tiny's first block: 605k -> 1.0M cycles/s with the RTL alone, 8x8 top at e78cc45).
 """
 
 from amaranth import Module, Mux, Shape, Signal, Value, unsigned
@@ -87,8 +94,9 @@ class LutRamFifo(wiring.Component):
         m = Module()
         w_bits, r_bits = Value.cast(self.w.payload), Value.cast(self.r.payload)
         slices = []
-        for i, lo in enumerate(range(0, self._width, SLICE_BITS)):
-            hi = min(lo + SLICE_BITS, self._width)
+        slice_bits = SLICE_BITS if getattr(platform, "fifo_slices", True) else self._width
+        for i, lo in enumerate(range(0, self._width, slice_bits)):
+            hi = min(lo + slice_bits, self._width)
             m.submodules[f"slice_{i}"] = s = _Slice(hi - lo, self._depth, self._zero_empty)
             m.d.comb += [s.w_valid.eq(self.w.valid), s.w_data.eq(w_bits[lo:hi]), s.r_ready.eq(self.r.ready),
                          r_bits[lo:hi].eq(s.r_data)]

@@ -20,7 +20,7 @@ from amaranth.lib import data, wiring  # noqa: E402
 from hw.dsp import ECP5Target  # noqa: E402
 from hw.systolic import SystolicArray, SystolicConfig  # noqa: E402
 
-__all__ = ["TARGETS", "Generated", "generate", "generate_unit", "generate_systolic", "unit_names", "config_class", "port_map", "layout_map"]
+__all__ = ["TARGETS", "Generated", "SimulationPlatform", "generate", "generate_unit", "generate_systolic", "unit_names", "config_class", "port_map", "layout_map"]
 
 MANIFEST_VERSION = 1
 
@@ -83,12 +83,24 @@ def target_platform(target: str):
     return TARGETS[target]
 
 
-def generate(component: wiring.Component, unit: str, timing: dict, target: str = "generic") -> Generated:
+class SimulationPlatform:
+    """The platform of a simulation-only build: `target`'s lowering, with every hw.fifo.LutRamFifo
+    in one slice (the slices only serve placement, and cost Verilator time; hw/fifo.py)."""
+
+    fifo_slices = False
+
+    def __init__(self, target: str):
+        self.dsp_family = getattr(target_platform(target), "dsp_family", None)
+
+
+def generate(component: wiring.Component, unit: str, timing: dict, target: str = "generic",
+             simulation: bool = False) -> Generated:
     """Verilog and manifest of any unit: `component.config` must have ``name`` and ``to_dict()``;
-    every stream port's payload layout goes into the manifest."""
+    every stream port's payload layout goes into the manifest. `simulation`: for simulation only
+    (SimulationPlatform), never for synthesis."""
     config = component.config
-    text = _with_lint_waivers(verilog.convert(component, name=config.name, emit_src=False,
-                                              platform=target_platform(target)))
+    platform = SimulationPlatform(target) if simulation else target_platform(target)
+    text = _with_lint_waivers(verilog.convert(component, name=config.name, emit_src=False, platform=platform))
     payloads = {}
     for name, member in component.signature.members.items():
         if member.is_signature and "payload" in member.signature.members:

