@@ -95,7 +95,7 @@ def test_config_accumulator_and_timing():
     cfg = AttnVConfig(lanes=3, requant_lanes=2, max_keys=197)
     assert cfg.name == "attnv_3l_2r_197k"
     assert cfg.timing() == {"latency": 18, "keys_per_cycle": 1, "min_row_cycles": 2}
-    assert AttnVConfig().timing() == {"latency": 25, "keys_per_cycle": 1, "min_row_cycles": 8}
+    assert AttnVConfig().timing() == {"latency": 18, "keys_per_cycle": 1, "min_row_cycles": 8}
     assert AttnVConfig(lanes=8, requant_lanes=8).timing()["latency"] == 18
     assert cfg.to_dict() == {"lanes": 3, "requant_lanes": 2, "max_keys": 197, "lut_multipliers": False}
     assert AttnVConfig(lut_multipliers=True).name == "attnv_8l_1r_256k_lut"
