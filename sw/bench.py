@@ -240,7 +240,8 @@ def fmax_of_top() -> tuple[float | None, str]:
     if path.is_file():
         for row in json.loads(path.read_text()):
             if row.get("unit") == "top" and row.get("top") == name and row.get("fmax_mhz"):
-                return row["fmax_mhz"], f"`{row['top']}` after place and route (`nox -s synth`)"
+                at = f" of its hardware at `{row['revision']}`" if row.get("revision") else ""
+                return row["fmax_mhz"], f"`{row['top']}` after place and route{at} (`nox -s synth`)"
     return None, f"no place-and-route result for `{name}` yet (run `nox -s synth`); 100 MHz assumed"
 
 
