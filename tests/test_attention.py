@@ -51,8 +51,8 @@ def test_the_chain_matches_the_reference_under_back_pressure(rows, cols, lanes, 
         assert out["last"].tolist() == [int(j == nk - 1) for _ in range(heads * nq) for j in range(nk)]
     else:  # each query's row in words of requant_lanes columns, the head's columns kept; `last` on
         # each ATTEND's final word
-        rl = cfg.units()["attnv"].requant_lanes
-        n = -(-hd // rl)
+        av = cfg.units()["attnv"]
+        rl, n = av.requant_lanes, av.words(hd)
         keep = [sum(1 << j for j in range(rl) if w * rl + j < hd) for w in range(n)]
         assert out["keep"].tolist() == keep * (heads * nq)
         assert out["last"].tolist() == [int(i == nq - 1 and w == n - 1) for _ in range(heads) for i in range(nq)
