@@ -103,8 +103,8 @@ def build_sim(cfg: TopConfig, target: str = "generic", gated: bool | None = None
     (cached). ``ecp5`` is the Verilog synthesis reads: its MULT18X18D and DP16KD primitives run on
     the models in sim/models. `gated`: the simulation-only build, with idle units' clocks gated and
     every FIFO in one slice (rtl_gen.SimulationPlatform); the same words in the same cycles, at
-    about 2x the cycles/s (default: for the generic target, not for ecp5, whose Verilog is exactly
-    what synthesis reads)."""
+    about 5x the cycles/s (docs/performance.md; default: for the generic target, not for ecp5,
+    whose Verilog is exactly what synthesis reads)."""
     gated = target == "generic" if gated is None else gated
     return toolchain.build(harness_verilog(cfg, top_verilog(cfg, target, gated)) + toolchain.primitive_models(target),
                            harness_name(cfg), main=HOST_MAIN)
