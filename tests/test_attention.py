@@ -9,6 +9,7 @@ from calib.intref.blocks import REF
 from hw.attention import AttentionConfig
 from hw.top import Accelerator, Op, TopConfig
 from sim.pysim import StreamBench
+from sim.tb.attnv import word_keeps
 from sw.compiler import CompileError, Compiler
 
 
@@ -52,9 +53,8 @@ def test_the_chain_matches_the_reference_under_back_pressure(rows, cols, lanes, 
     else:  # each query's row in words of requant_lanes columns, the head's columns kept; `last` on
         # each ATTEND's final word
         av = cfg.units()["attnv"]
-        rl, n = av.requant_lanes, av.words(hd)
-        keep = [sum(1 << j for j in range(rl) if w * rl + j < hd) for w in range(n)]
-        assert out["keep"].tolist() == keep * (heads * nq)
+        n = av.words(hd)
+        assert out["keep"].tolist() == word_keeps(av, hd) * (heads * nq)
         assert out["last"].tolist() == [int(i == nq - 1 and w == n - 1) for _ in range(heads) for i in range(nq)
                                         for w in range(n)]
 

@@ -92,7 +92,6 @@ class Head:
         """Compare this head's output words (in streaming order: chunk, row, its columns
         `requant_lanes` a word) with the reference."""
         nq, _ = self.codes.shape
-        w = cfg.requant_lanes
         got = torch.zeros((nq, self.v.shape[1]), dtype=torch.int64)
         start = 0
         for g, (d0, width) in enumerate(self.chunks(cfg.lanes)):
@@ -100,9 +99,8 @@ class Head:
             words = slice(start, start + n)
             start += n
             keep, last = fields["keep"][words], fields["last"][words]
-            columns = np.tile(np.arange(cfg.words(width)), nq)[:, None] * w + np.arange(w)
-            want_keep = ((columns < width) << np.arange(w)).sum(axis=1)
-            assert np.array_equal(keep, want_keep), f"{self!r}: chunk {g} keep {keep.tolist()}, want {want_keep.tolist()}"
+            want_keep = word_keeps(cfg, width) * nq
+            assert keep.tolist() == want_keep, f"{self!r}: chunk {g} keep {keep.tolist()}, want {want_keep}"
             assert last.tolist() == [0] * (n - 1) + [1], f"{self!r}: chunk {g} last {last.tolist()}"
             data = fields["data"][words].reshape(nq, -1)[:, :width]
             got[:, d0:d0 + width] = torch.from_numpy(data)
@@ -114,6 +112,12 @@ class Head:
                     f"v[:, {d}]={self.v[:, d].tolist()}")
 
         assert_bit_exact(f"{cfg.name} {self!r}", got, self.reference(), explain)
+
+
+def word_keeps(cfg: AttnVConfig, width: int) -> list[int]:
+    """The `keep` bits of each output word of a row of `width` columns (`requant_lanes` a word)."""
+    rl = cfg.requant_lanes
+    return [sum(1 << j for j in range(rl) if w * rl + j < width) for w in range(cfg.words(width))]
 
 
 def row_starts(cfg: AttnVConfig, heads: list[Head]) -> tuple[np.ndarray, list[int]]:
