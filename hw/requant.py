@@ -12,8 +12,8 @@ index n // lanes, so a result row of column tile g reads index g in every bank a
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from amaranth import Cat, Module, Mux, Value, signed, unsigned
-from amaranth.lib import data
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream
 from amaranth.utils import bits_for, ceil_log2
 
 from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
@@ -113,22 +113,32 @@ def _offset(value, width: int):
     return Value.cast(value)[:width] ^ (1 << (width - 1))
 
 
-def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, lanes: int, depth: int) -> list:
+def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, lanes: int, depth: int,
+                share: int = 1, phase=0) -> list:
     """Per lane a bank of `depth` words of per-channel parameters (`entry`, hw.bram), and its word at
     index `group`, READ_LATENCY stages later. A `params` beat writes its `entry` fields at its
     `group` in bank `lane`; it takes effect one cycle after its handshake, as a read's address
     does, so a write accepted before a beat is seen by it.
 
+    With `share` > 1 the banks serve a unit whose `lanes` physical lanes each take `share` logical
+    lanes, one a cycle (`phase`, a signal: logical lane ``phase * lanes + bank``): a `params` beat's
+    logical lane L goes to bank L % lanes at index ``group * 2**phase_bits + L // lanes``, so the
+    read address is the phase and the group side by side, with no adder in front of the bank.
+
     Each bank is a pipeline part with its own registered copy of the write and the read address:
     one input register driving every lane's blocks took 5.7 ns of routing."""
+    phase_bits = ceil_log2(share)
     words = []
     for lane in range(lanes):
         part = pipe.part(f"params{lane}")
-        part.m.submodules.mem = mem = Bram(shape=entry, depth=depth)
+        part.m.submodules.mem = mem = Bram(shape=entry, depth=depth << phase_bits)
         wp, rp = mem.write_port(), mem.read_port()
-        write = part.reg(params.valid & (params.payload.lane == lane), f"write_{lane}")
+        logical = params.payload.lane
+        write = part.reg(params.valid & (logical % lanes == lane if share > 1 else logical == lane), f"write_{lane}")
         w = part.reg(params.payload, f"w_{lane}")
-        part.m.d.comb += [wp.en.eq(write), wp.addr.eq(w.group), rp.addr.eq(part.reg(group, f"group_{lane}")),
+        w_addr = Cat((w.lane // lanes)[:phase_bits], w.group) if share > 1 else w.group
+        r_addr = Cat(Value.cast(phase)[:phase_bits], group) if share > 1 else group
+        part.m.d.comb += [wp.en.eq(write), wp.addr.eq(w_addr), rp.addr.eq(part.reg(r_addr, f"group_{lane}")),
                           *(wp.data[k].eq(w[k]) for k in entry.members)]
         words.append(rp.data)
     return words
@@ -137,22 +147,40 @@ def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, l
 @dataclass(frozen=True)
 class RequantConfig:
     """lanes: the array's columns; max_channels: output channels of the widest layer;
-    lut_multipliers: the products in LUTs instead of DSP blocks (same timing)."""
+    lut_multipliers: the products in LUTs instead of DSP blocks (same timing); share: logical lanes
+    per physical lane.
+
+    With `share` > 1 the unit builds ``ceil(lanes / share)`` lanes of arithmetic and takes a beat
+    every `share` cycles, its lanes a slice a cycle. Where the products are in LUTs (the 12x12 top,
+    TopConfig) a lane costs ~1.3k LUTs and flip-flops, and a beat every 3 cycles is what the array
+    gives when its tiles are at least 3 rows' worth of steps deep (K >= 3R: every ViT GEMM but
+    the attention logits of heads narrower than 3R, which then wait on the epilogue)."""
 
     lanes: int = 8
     max_channels: int = 4096
     lut_multipliers: bool = False
+    share: int = 1
 
     STAGES: ClassVar[int] = READ_LATENCY + 1 + REQUANT_LATENCY  # param read, bias add, requant_stages
-    LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
         check_int("requant", "lanes", self.lanes, 1, 32)
         check_int("requant", "max_channels", self.max_channels, 1, 16384)
         check_bool("requant", "lut_multipliers", self.lut_multipliers)
+        check_int("requant", "share", self.share, 1, self.lanes)
+
+    @property
+    def LATENCY(self) -> int:
+        """accept -> out: the beat's last slice enters the pipeline `share` - 1 cycles after it."""
+        return self.STAGES + CreditPipeline.FIFO_LATENCY + self.share - 1
 
     def timing(self) -> dict:
-        return {"latency": self.LATENCY, "beats_per_cycle": 1}
+        rate = {"beats_per_cycle": 1} if self.share == 1 else {"cycles_per_beat": self.share}
+        return {"latency": self.LATENCY, **rate}
+
+    @property
+    def physical_lanes(self) -> int:
+        return -(-self.lanes // self.share)
 
     @property
     def groups(self) -> int:
@@ -160,7 +188,8 @@ class RequantConfig:
 
     @property
     def name(self) -> str:
-        return f"requant_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
+        return (f"requant_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
+                + (f"_s{self.share}" if self.share > 1 else ""))
 
     @property
     def in_layout(self) -> data.StructLayout:
@@ -206,24 +235,71 @@ class Requantizer(StreamUnit):
         m = Module()
         cfg = self._config
         entry = data.StructLayout({"bias": signed(ACC_BITS), "mult": unsigned(MULT_BITS), "shift": unsigned(SHIFT_BITS)})
-        pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "rq")
         m.d.comb += self.params.ready.eq(1)
-        inp = self.inp.payload
+        lanes, share = cfg.physical_lanes, cfg.share
+        if share == 1:
+            slices, phase = self.inp, 0
+        else:
+            slices, phase = self._slices(m, lanes, share)
+        pipe = CreditPipeline(m, slices, self.out, cfg.STAGES, "rq")
+        inp = slices.payload
 
         # stages 1-3: parameters arrive from their banks; operands wait beside them. The zero point
         # and output range are read one stage after the sum.
-        banks = param_banks(pipe, self.params, inp.group, entry, cfg.lanes, cfg.groups)
+        banks = param_banks(pipe, self.params, inp.group, entry, lanes, cfg.groups, share, phase)
         acc = pipe.delay(inp.data, READ_LATENCY, "data")
         zero, wide = pipe.delay(inp.zero, READ_LATENCY + 2, "zero"), pipe.delay(inp.wide, READ_LATENCY + 2, "wide")
         lo = Mux(wide, INT32_MIN, 0)
         hi = Mux(wide, INT32_MAX, 255)
+        outs = []
         for lane, param in enumerate(banks):
             # stage 4: acc + bias (33 bits: the reference guarantees it fits int32, we keep the carry)
             total = pipe.reg(acc[lane] + param.bias, f"sum_{lane}")
             mult, shift = pipe.reg(param.mult, f"mult_{lane}"), pipe.delay(param.shift, 2, f"shift_{lane}")
             # stages 5-: requant_stages
-            out = requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}", cfg.lut_multipliers)
-            m.d.comb += pipe.result.data[lane].eq(out)
+            outs.append(requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}", cfg.lut_multipliers))
+        if share > 1:
+            # A beat's slices leave one a cycle: the first share - 1 wait in registers beside the
+            # last, with which the whole beat enters the FIFO; the other slices give their slot back.
+            out_phase = pipe.delay(phase, cfg.STAGES, "phase")
+            m.d.comb += pipe.push.eq(out_phase == share - 1)
+            done = []
+            for p in range(share - 1):
+                for lane, out in enumerate(outs):
+                    held = Signal.like(out, name=f"slice{p}_lane{lane}")
+                    with m.If(pipe.out_valid & (out_phase == p)):
+                        m.d.sync += held.eq(out)
+                    done.append(held)
+            outs = done + outs
+        for lane in range(cfg.lanes):
+            m.d.comb += pipe.result.data[lane].eq(outs[lane])
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]
         return m
+
+    def _slices(self, m: Module, lanes: int, share: int):
+        """The input beats as a stream of `share` slices of `lanes` lanes each, one a cycle, every
+        slice with the beat's other fields; and the slice's phase (0 .. share - 1)."""
+        cfg, inp = self._config, self.inp.payload
+        layout = data.StructLayout(dict(cfg.in_layout.members, data=data.ArrayLayout(signed(ACC_BITS), lanes)))
+        slices = stream.Signature(layout).create()
+        phase = Signal(range(share), name="phase")
+        first = phase == 0
+        beat = Signal(cfg.in_layout, name="beat")  # the fields of the beat whose later slices are due
+        rest = Signal(data.ArrayLayout(signed(ACC_BITS), lanes * (share - 1)), name="rest")  # its lanes still due
+        m.d.comb += [slices.valid.eq(~first | self.inp.valid), self.inp.ready.eq(first & slices.ready)]
+        with m.If(self.inp.valid & self.inp.ready):
+            m.d.sync += beat.eq(inp)
+        for name in layout.members:
+            if name != "data":
+                m.d.comb += slices.payload[name].eq(Mux(first, inp[name], beat[name]))
+
+        def lane(i):  # lane i of the beat arriving now; past the last lane, padding
+            return inp.data[i] if i < cfg.lanes else 0
+        for i in range(lanes):
+            m.d.comb += slices.payload.data[i].eq(Mux(first, lane(i), rest[i]))
+        with m.If(slices.valid & slices.ready):
+            m.d.sync += phase.eq(Mux(phase == share - 1, 0, phase + 1))
+            m.d.sync += [rest[i].eq(Mux(first, lane(i + lanes), rest[i + lanes] if i + lanes < len(rest) else 0))
+                         for i in range(len(rest))]
+        return slices, phase

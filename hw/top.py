@@ -95,7 +95,9 @@ class TopConfig:
     The array takes one DSP block per PE. When it and the units' multipliers would take more than
     `dsp_budget`, the units' products move to LUTs (hw.dsp.wide_product, same timing): first those
     of the per-lane units (requantizer, residual adder, attention x V), then LayerNorm's. The 12x12
-    top keeps LayerNorm's 11 blocks beside the array's 144. An array that alone exceeds the budget
+    top keeps LayerNorm's 11 blocks beside the array's 144. A requantizer in LUTs builds
+    LUT_REQUANT_LANES lanes and takes a result row every cols / LUT_REQUANT_LANES cycles
+    (RequantConfig.share). An array that alone exceeds the budget
     is still generated (for simulation); the synthesis report says it does not fit."""
 
     rows: int = 8
@@ -126,7 +128,8 @@ class TopConfig:
         lut = {name: name in lut_units for name in _MULTIPLYING_UNITS}
         return {
             "systolic": SystolicConfig(self.rows, self.cols),
-            "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels, lut_multipliers=lut["requant"]),
+            "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels, lut_multipliers=lut["requant"],
+                                     share=-(-self.cols // LUT_REQUANT_LANES) if lut["requant"] else 1),
             "gelu": GeluConfig(lanes=self.cols, side_bits=ACC_BITS * self.cols),  # side: the requantized row
             "layernorm": LayerNormConfig(max_channels=self.max_channels, lut_multipliers=lut["layernorm"]),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
@@ -236,6 +239,9 @@ class TopConfig:
 
 
 # The units with multipliers, in the order their products move to LUTs when DSP blocks run out.
+# A requantizer whose products are in LUTs builds this many lanes and shares them among the array's
+# columns (RequantConfig.share), as attention x V's requantizer has 4 lanes.
+LUT_REQUANT_LANES = 4
 _MULTIPLYING_UNITS = {"requant": Requantizer, "residual": ResidualAdder, "attnv": AttnV, "layernorm": LayerNormUnit}
 _LUT_ORDER = ((), ("requant", "residual", "attnv"), ("requant", "residual", "attnv", "layernorm"))
 

@@ -59,6 +59,9 @@ def test_config_names_timing_and_layouts():
     assert res_cfg.groups == 34 and res_cfg.to_dict() == {"lanes": 3, "max_channels": 100, "lut_multipliers": False}
     assert ResidualConfig(3, 100, lut_multipliers=True).name == "residual_3l_100c_lut"
     assert RequantConfig(3, 100, lut_multipliers=True).name == "requant_3l_100c_lut"
+    shared = RequantConfig(12, 100, lut_multipliers=True, share=3)
+    assert (shared.name, shared.physical_lanes) == ("requant_12l_100c_lut_s3", 4)
+    assert shared.timing() == {"latency": RequantConfig().LATENCY + 2, "cycles_per_beat": 3}
     assert gelu_cfg.stream_layout.size == 3 * 8 + 3 + 1
     # a, b, keep, last, group (6 bits), three zero points, shift
     assert res_cfg.in_layout.size == 2 * 3 * 8 + 3 + 1 + 6 + 3 * 8 + 6
@@ -119,9 +122,10 @@ def test_residual_pysim_ptf_and_extremes(lanes, lut):
         first += n
 
 
-@pytest.mark.parametrize("lanes,lut", [(3, False), (8, False), (3, True)])
-def test_requant_pysim_both_modes(lanes, lut):
-    cfg = RequantConfig(lanes, 64, lut_multipliers=lut)
+@pytest.mark.parametrize("lanes,lut,share", [(3, False, 1), (8, False, 1), (3, True, 1), (7, False, 3), (4, True, 2)])
+def test_requant_pysim_both_modes(lanes, lut, share):
+    """With `share`, lanes 7 in 3 slices of 3 (two lanes of padding) and 4 in 2 of 2."""
+    cfg = RequantConfig(lanes, 64, lut_multipliers=lut, share=share)
     dut = Requantizer(cfg)
     gen = torch.Generator().manual_seed(lanes)
     channels = lanes + 2

@@ -197,13 +197,16 @@ def run_on_pysim(dut, cmds: list[int], din: list[int], out_words: int, seed: int
     return got
 
 
-@pytest.mark.parametrize("rows,cols", [(2, 3), (1, 2)], ids=["2x3", "1x2"])
-def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeypatch):
+@pytest.mark.parametrize("rows,cols,dsp_budget", [(2, 3, 156), (1, 2, 156), (2, 6, 0)],
+                         ids=["2x3", "1x2", "2x6_shared_requant"])
+def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, dsp_budget, monkeypatch):
     """The MATMUL issue feeds the array without a handshake, applying the array's own rules for a
     tile's `last` beat before the read (hw.top; SystolicConfig.max_claimed). In Amaranth's
     simulator, with the host taking results at random (the array's result FIFO fills up), the
     array's `ready` is high whenever a beat reaches it, and the results equal those of a run
-    whose host takes every word at once (R = 1: tiles end back to back)."""
+    whose host takes every word at once (R = 1: tiles end back to back). With no DSP budget the
+    requantizer's products are in LUTs and it takes a row every other cycle (2 x 6: 3 lanes shared
+    by 6 columns): its words equal those of the top with the full-rate requantizer."""
     import hw.top
 
     arrays = []
@@ -214,7 +217,9 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
             arrays.append(self)
 
     monkeypatch.setattr(hw.top, "SystolicArray", Recorded)
-    cfg = TopConfig(rows, cols, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, softmax_rule="nearest")
+    cfg = TopConfig(rows, cols, act_kib=1, weight_kib=1, max_channels=128, max_keys=16, softmax_rule="nearest",
+                    dsp_budget=dsp_budget)
+    assert cfg.units()["requant"].share == (2 if dsp_budget == 0 else 1)
     gen = torch.Generator().manual_seed(rows)
     # K = 2: tiles shorter than the array's 2R - 1 spacing; 120 channels: one MATMUL gives more
     # result rows than the array's FIFO and the epilogue's hold while the host is slow
@@ -223,8 +228,8 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
     prog = compiler.linear(x, w, 3, None, torch.full((120,), 1 << 15), torch.full((120,), 20), 0, False)
     cmds = compiler.encode_commands(prog.commands)
 
-    def run(p_ready: float) -> list[int]:
-        dut = Accelerator(cfg)
+    def run(p_ready: float, config: TopConfig = cfg) -> list[int]:
+        dut = Accelerator(config)
         arrays.clear()
 
         def check(ctx):
@@ -233,7 +238,7 @@ def test_matmul_never_offers_the_array_a_beat_it_cannot_take(rows, cols, monkeyp
 
         return [word for _, word in run_on_pysim(dut, cmds, prog.din, prog.out_words, rows, 1.0, p_ready, check)]
 
-    assert run(0.05) == run(1.0)
+    assert run(0.05) == run(1.0, dataclasses.replace(cfg, dsp_budget=156))
 
 
 def test_gated_unit_clocks_change_no_result_and_no_cycle():

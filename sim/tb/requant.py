@@ -172,9 +172,10 @@ async def digits_model_fc1_and_head(dut):
 
 @cocotb.test()
 async def published_latency_and_full_throughput(dut):
-    """Unstalled: parameters written one channel per cycle, one beat per cycle, each `LATENCY` cycles later."""
+    """Unstalled: parameters written one channel per cycle, one beat every `share` cycles, each
+    `LATENCY` cycles later."""
     seed, gen = seeded()
     only = random_layer(gen, 6, 3 * CFG.lanes + 1, False)
     clock = await start(dut)
     run = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
-    check_unstalled_timing(run, CFG.LATENCY)
+    check_unstalled_timing(run, CFG.LATENCY, CFG.share)
