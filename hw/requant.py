@@ -12,8 +12,8 @@ index n // lanes, so a result row of column tile g reads index g in every bank a
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib import data, stream
+from amaranth import Cat, Module, Mux, Value, signed, unsigned
+from amaranth.lib import data
 from amaranth.utils import bits_for, ceil_log2
 
 from fqvit.contract import ACC_BITS, INT32_MAX, INT32_MIN, MULT_BITS, SHIFT_BITS
@@ -23,6 +23,7 @@ from .bram import Bram
 from .config import check_bool, check_int
 from .dsp import PRODUCT_LATENCY, signed_width, wide_product
 from .pipeline import CreditPipeline
+from .share import SharedLanes, gather, slices
 
 __all__ = ["MULT_BITS", "SHIFT_BITS", "SHIFT_STEPS", "ROUND_LATENCY", "REQUANT_LATENCY", "READ_LATENCY",
            "requant_stages", "round_stages", "param_banks", "RequantConfig", "Requantizer"]
@@ -145,16 +146,15 @@ def param_banks(pipe: CreditPipeline, params, group, entry: data.StructLayout, l
 
 
 @dataclass(frozen=True)
-class RequantConfig:
+class RequantConfig(SharedLanes):
     """lanes: the array's columns; max_channels: output channels of the widest layer;
     lut_multipliers: the products in LUTs instead of DSP blocks (same timing); share: logical lanes
     per physical lane.
 
     With `share` > 1 the unit builds ``ceil(lanes / share)`` lanes of arithmetic and takes a beat
-    every `share` cycles, its lanes a slice a cycle. Where the products are in LUTs (the 12x12 top,
-    TopConfig) a lane costs ~1.3k LUTs and flip-flops, and a beat every 3 cycles is what the array
-    gives when its tiles are at least 3 rows' worth of steps deep (K >= 3R: every ViT GEMM but
-    the attention logits of heads narrower than 3R, which then wait on the epilogue)."""
+    every `share` cycles (hw/share.py). A beat every 3 cycles is what the 12x12 array gives when its
+    tiles are at least 3 rows' worth of steps deep (K >= 3R: every ViT GEMM but the attention logits
+    of heads narrower than 3R, which then wait on the epilogue)."""
 
     lanes: int = 8
     max_channels: int = 4096
@@ -170,26 +170,13 @@ class RequantConfig:
         check_int("requant", "share", self.share, 1, self.lanes)
 
     @property
-    def LATENCY(self) -> int:
-        """accept -> out: the beat's last slice enters the pipeline `share` - 1 cycles after it."""
-        return self.STAGES + CreditPipeline.FIFO_LATENCY + self.share - 1
-
-    def timing(self) -> dict:
-        rate = {"beats_per_cycle": 1} if self.share == 1 else {"cycles_per_beat": self.share}
-        return {"latency": self.LATENCY, **rate}
-
-    @property
-    def physical_lanes(self) -> int:
-        return -(-self.lanes // self.share)
-
-    @property
     def groups(self) -> int:
         return -(-self.max_channels // self.lanes)
 
     @property
     def name(self) -> str:
         return (f"requant_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
-                + (f"_s{self.share}" if self.share > 1 else ""))
+                + self.share_suffix)
 
     @property
     def in_layout(self) -> data.StructLayout:
@@ -237,12 +224,9 @@ class Requantizer(StreamUnit):
         entry = data.StructLayout({"bias": signed(ACC_BITS), "mult": unsigned(MULT_BITS), "shift": unsigned(SHIFT_BITS)})
         m.d.comb += self.params.ready.eq(1)
         lanes, share = cfg.physical_lanes, cfg.share
-        if share == 1:
-            slices, phase = self.inp, 0
-        else:
-            slices, phase = self._slices(m, lanes, share)
-        pipe = CreditPipeline(m, slices, self.out, cfg.STAGES, "rq")
-        inp = slices.payload
+        beats, phase = (self.inp, 0) if share == 1 else slices(m, self.inp, lanes, share, ("data",))
+        pipe = CreditPipeline(m, beats, self.out, cfg.STAGES, "rq")
+        inp = beats.payload
 
         # stages 1-3: parameters arrive from their banks; operands wait beside them. The zero point
         # and output range are read one stage after the sum.
@@ -259,47 +243,9 @@ class Requantizer(StreamUnit):
             # stages 5-: requant_stages
             outs.append(requant_stages(pipe, total, mult, shift, zero, lo, hi, f"lane{lane}", cfg.lut_multipliers))
         if share > 1:
-            # A beat's slices leave one a cycle: the first share - 1 wait in registers beside the
-            # last, with which the whole beat enters the FIFO; the other slices give their slot back.
-            out_phase = pipe.delay(phase, cfg.STAGES, "phase")
-            m.d.comb += pipe.push.eq(out_phase == share - 1)
-            done = []
-            for p in range(share - 1):
-                for lane, out in enumerate(outs):
-                    held = Signal.like(out, name=f"slice{p}_lane{lane}")
-                    with m.If(pipe.out_valid & (out_phase == p)):
-                        m.d.sync += held.eq(out)
-                    done.append(held)
-            outs = done + outs
+            outs = gather(m, pipe, phase, outs, share)
         for lane in range(cfg.lanes):
             m.d.comb += pipe.result.data[lane].eq(outs[lane])
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]
         return m
-
-    def _slices(self, m: Module, lanes: int, share: int):
-        """The input beats as a stream of `share` slices of `lanes` lanes each, one a cycle, every
-        slice with the beat's other fields; and the slice's phase (0 .. share - 1)."""
-        cfg, inp = self._config, self.inp.payload
-        layout = data.StructLayout(dict(cfg.in_layout.members, data=data.ArrayLayout(signed(ACC_BITS), lanes)))
-        slices = stream.Signature(layout).create()
-        phase = Signal(range(share), name="phase")
-        first = phase == 0
-        beat = Signal(cfg.in_layout, name="beat")  # the fields of the beat whose later slices are due
-        rest = Signal(data.ArrayLayout(signed(ACC_BITS), lanes * (share - 1)), name="rest")  # its lanes still due
-        m.d.comb += [slices.valid.eq(~first | self.inp.valid), self.inp.ready.eq(first & slices.ready)]
-        with m.If(self.inp.valid & self.inp.ready):
-            m.d.sync += beat.eq(inp)
-        for name in layout.members:
-            if name != "data":
-                m.d.comb += slices.payload[name].eq(Mux(first, inp[name], beat[name]))
-
-        def lane(i):  # lane i of the beat arriving now; past the last lane, padding
-            return inp.data[i] if i < cfg.lanes else 0
-        for i in range(lanes):
-            m.d.comb += slices.payload.data[i].eq(Mux(first, lane(i), rest[i]))
-        with m.If(slices.valid & slices.ready):
-            m.d.sync += phase.eq(Mux(phase == share - 1, 0, phase + 1))
-            m.d.sync += [rest[i].eq(Mux(first, lane(i + lanes), rest[i + lanes] if i + lanes < len(rest) else 0))
-                         for i in range(len(rest))]
-        return slices, phase

@@ -22,6 +22,7 @@ from .config import check_bool, check_int
 from .pipeline import CreditPipeline
 from .dsp import PRODUCT_LATENCY, wide_product
 from .requant import READ_LATENCY, ROUND_LATENCY, param_banks, round_stages
+from .share import SharedLanes, gather, slices
 
 __all__ = ["ResidualConfig", "ResidualAdder"]
 
@@ -30,22 +31,24 @@ CENTERED_BITS = CODE_BITS + 1  # code - zero point, both uint8: exact in 9-bit s
 
 
 @dataclass(frozen=True)
-class ResidualConfig:
+class ResidualConfig(SharedLanes):
     """lanes: channels per beat; max_channels: channels of the widest residual stream;
-    lut_multipliers: the products in LUTs instead of DSP blocks (same timing)."""
+    lut_multipliers: the products in LUTs instead of DSP blocks (same timing); share: logical lanes
+    per physical lane (a beat every `share` cycles, hw/share.py)."""
 
     lanes: int = 8
     max_channels: int = 4096
     lut_multipliers: bool = False
+    share: int = 1
 
     # param read, products, their sum, round_stages
     STAGES: ClassVar[int] = READ_LATENCY + PRODUCT_LATENCY + 1 + ROUND_LATENCY
-    LATENCY: ClassVar[int] = STAGES + CreditPipeline.FIFO_LATENCY  # accept -> out
 
     def __post_init__(self):
         check_int("residual", "lanes", self.lanes, 1, 32)
         check_int("residual", "max_channels", self.max_channels, 1, 16384)
         check_bool("residual", "lut_multipliers", self.lut_multipliers)
+        check_int("residual", "share", self.share, 1, self.lanes)
 
     @property
     def groups(self) -> int:
@@ -53,10 +56,8 @@ class ResidualConfig:
 
     @property
     def name(self) -> str:
-        return f"residual_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
-
-    def timing(self) -> dict:
-        return {"latency": self.LATENCY, "beats_per_cycle": 1}
+        return (f"residual_{self.lanes}l_{self.max_channels}c" + ("_lut" if self.lut_multipliers else "")
+                + self.share_suffix)
 
     @property
     def in_layout(self) -> data.StructLayout:
@@ -104,9 +105,11 @@ class ResidualAdder(StreamUnit):
         m = Module()
         cfg = self._config
         entry = data.StructLayout({"ma": unsigned(MULT_BITS), "mb": unsigned(MULT_BITS)})
-        pipe = CreditPipeline(m, self.inp, self.out, cfg.STAGES, "res")
+        lanes, share = cfg.physical_lanes, cfg.share
+        beats, phase = (self.inp, 0) if share == 1 else slices(m, self.inp, lanes, share, ("a", "b"))
+        pipe = CreditPipeline(m, beats, self.out, cfg.STAGES, "res")
         m.d.comb += self.params.ready.eq(1)
-        inp = self.inp.payload
+        inp = beats.payload
 
         # round_stages reads the zero point and shift one stage before the sum of the products
         zero, shift = (pipe.delay(getattr(inp, k), READ_LATENCY + PRODUCT_LATENCY, k) for k in ("zero", "shift"))
@@ -114,15 +117,18 @@ class ResidualAdder(StreamUnit):
         def centred(code, zero_point, name):  # registered, then waiting beside the multipliers' read
             return pipe.delay(pipe.reg(code - zero_point, name, signed(CENTERED_BITS)), READ_LATENCY - 1, name)
 
-        for lane, mults in enumerate(param_banks(pipe, self.params, inp.group, entry, cfg.lanes, cfg.groups)):
+        outs = []
+        for lane, mults in enumerate(param_banks(pipe, self.params, inp.group, entry, lanes, cfg.groups, share, phase)):
             # stages 1-3: multipliers arrive from their bank; the centred operands wait beside them
             ca, cb = centred(inp.a[lane], inp.a_zero, f"ca_{lane}"), centred(inp.b[lane], inp.b_zero, f"cb_{lane}")
             # two 16 x 9-bit products (25-bit signed), their 26-bit sum, then round_stages: the one
             # rounding of the sum by the layer's shift, the output zero point and the uint8 clamp
             pa, pb = (wide_product(m, c, mult, f"{tag}_{lane}", cfg.lut_multipliers)
                       for c, mult, tag in ((ca, mults.ma, "pa"), (cb, mults.mb, "pb")))
-            out = round_stages(pipe, pipe.reg(pa + pb, f"sum_{lane}"), shift, zero, 0, 255, f"lane{lane}")
-            m.d.comb += pipe.result.data[lane].eq(out)
+            outs.append(round_stages(pipe, pipe.reg(pa + pb, f"sum_{lane}"), shift, zero, 0, 255, f"lane{lane}"))
+        if share > 1:
+            outs = gather(m, pipe, phase, outs, share)
+        m.d.comb += [pipe.result.data[lane].eq(outs[lane]) for lane in range(cfg.lanes)]
         m.d.comb += [pipe.result.keep.eq(pipe.delay(inp.keep, cfg.STAGES, "keep")),
                      pipe.result.last.eq(pipe.delay(inp.last, cfg.STAGES, "last"))]
         return m

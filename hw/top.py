@@ -95,9 +95,8 @@ class TopConfig:
     The array takes one DSP block per PE. When it and the units' multipliers would take more than
     `dsp_budget`, the units' products move to LUTs (hw.dsp.wide_product, same timing): first those
     of the per-lane units (requantizer, residual adder, attention x V), then LayerNorm's. The 12x12
-    top keeps LayerNorm's 11 blocks beside the array's 144. A requantizer in LUTs builds
-    LUT_REQUANT_LANES lanes and takes a result row every cols / LUT_REQUANT_LANES cycles
-    (RequantConfig.share). An array that alone exceeds the budget
+    top keeps LayerNorm's 11 blocks beside the array's 144. A requantizer or residual adder in LUTs
+    builds LUT_LANES lanes and takes a beat every cols / LUT_LANES cycles (hw/share.py). An array that alone exceeds the budget
     is still generated (for simulation); the synthesis report says it does not fit."""
 
     rows: int = 8
@@ -129,15 +128,19 @@ class TopConfig:
         return {
             "systolic": SystolicConfig(self.rows, self.cols),
             "requant": RequantConfig(lanes=self.cols, max_channels=self.max_channels, lut_multipliers=lut["requant"],
-                                     share=-(-self.cols // LUT_REQUANT_LANES) if lut["requant"] else 1),
+                                     share=self._share(lut["requant"])),
             "gelu": GeluConfig(lanes=self.cols, side_bits=ACC_BITS * self.cols),  # side: the requantized row
             "layernorm": LayerNormConfig(max_channels=self.max_channels, lut_multipliers=lut["layernorm"]),
             "softmax": SoftmaxConfig(max_keys=self.max_keys, rule=self.softmax_rule),
             "attnv": AttnVConfig(lanes=self.attnv_lanes, requant_lanes=4, max_keys=self.max_keys,
                                  lut_multipliers=lut["attnv"]),
             "residual": ResidualConfig(lanes=self.cols, max_channels=self.max_channels,
-                                       lut_multipliers=lut["residual"]),
+                                       lut_multipliers=lut["residual"], share=self._share(lut["residual"])),
         }
+
+    def _share(self, lut: bool) -> int:
+        """A lane-parallel unit's `share`: with its products in LUTs, LUT_LANES lanes do the work."""
+        return -(-self.cols // LUT_LANES) if lut else 1
 
     @property
     def lut_units(self) -> tuple[str, ...]:
@@ -239,9 +242,9 @@ class TopConfig:
 
 
 # The units with multipliers, in the order their products move to LUTs when DSP blocks run out.
-# A requantizer whose products are in LUTs builds this many lanes and shares them among the array's
-# columns (RequantConfig.share), as attention x V's requantizer has 4 lanes.
-LUT_REQUANT_LANES = 4
+# A requantizer or residual adder whose products are in LUTs builds this many lanes and shares them
+# among the array's columns (hw/share.py), as attention x V's requantizer has 4 lanes.
+LUT_LANES = 4
 _MULTIPLYING_UNITS = {"requant": Requantizer, "residual": ResidualAdder, "attnv": AttnV, "layernorm": LayerNormUnit}
 _LUT_ORDER = ((), ("requant", "residual", "attnv"), ("requant", "residual", "attnv", "layernorm"))
 

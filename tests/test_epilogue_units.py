@@ -51,13 +51,23 @@ def test_configs_refuse_bad_max_channels(config, value):
         config(max_channels=value)
 
 
+@pytest.mark.parametrize("value", [0, 9, 1.5, True])
+@pytest.mark.parametrize("config", [ResidualConfig, RequantConfig])
+def test_configs_refuse_a_share_beyond_their_lanes(config, value):
+    unit = config.__name__.removesuffix("Config").lower()
+    with pytest.raises(ValueError, match=f"{unit} share must be an integer in 1..8, got {value!r}"):
+        config(lanes=8, share=value)
+
+
 def test_config_names_timing_and_layouts():
     gelu_cfg, res_cfg = GeluConfig(3), ResidualConfig(3, 100)
     assert (gelu_cfg.name, gelu_cfg.timing()) == ("gelu_3l", {"latency": 4, "beats_per_cycle": 1})
     assert GeluConfig(2, side_bits=64).name == "gelu_2l_64s" and GeluConfig(2, side_bits=64).in_layout.size == 2 * 8 + 2 + 1 + 64
     assert (res_cfg.name, res_cfg.timing()) == ("residual_3l_100c", {"latency": 18, "beats_per_cycle": 1})
-    assert res_cfg.groups == 34 and res_cfg.to_dict() == {"lanes": 3, "max_channels": 100, "lut_multipliers": False}
+    assert res_cfg.groups == 34 and res_cfg.to_dict() == {"lanes": 3, "max_channels": 100, "lut_multipliers": False,
+                                                          "share": 1}
     assert ResidualConfig(3, 100, lut_multipliers=True).name == "residual_3l_100c_lut"
+    assert ResidualConfig(12, 100, lut_multipliers=True, share=3).name == "residual_12l_100c_lut_s3"
     assert RequantConfig(3, 100, lut_multipliers=True).name == "requant_3l_100c_lut"
     shared = RequantConfig(12, 100, lut_multipliers=True, share=3)
     assert (shared.name, shared.physical_lanes) == ("requant_12l_100c_lut_s3", 4)
@@ -89,9 +99,9 @@ def test_gelu_pysim_every_code(lanes):
     assert np.array_equal(out["last"], np.tile(fields["last"], 2))
 
 
-@pytest.mark.parametrize("lanes,lut", [(3, False), (8, False), (3, True)])
-def test_residual_pysim_ptf_and_extremes(lanes, lut):
-    cfg = ResidualConfig(lanes, 64, lut_multipliers=lut)
+@pytest.mark.parametrize("lanes,lut,share", [(3, False, 1), (8, False, 1), (3, True, 1), (5, True, 2)])
+def test_residual_pysim_ptf_and_extremes(lanes, lut, share):
+    cfg = ResidualConfig(lanes, 64, lut_multipliers=lut, share=share)
     dut = ResidualAdder(cfg)
     gen = torch.Generator().manual_seed(lanes)
     channels, tokens = 2 * lanes + 1, 5

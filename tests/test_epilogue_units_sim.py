@@ -1,9 +1,9 @@
 """The GELU lookup, residual adder and Requantizer testbenches (``sim.tb.gelu/residual/requant``) in
 Verilator. One configuration per unit keeps the three builds near a minute: 8 lanes (the default
 array width) and an odd lane count with ragged channel groups, the latter with its products in LUTs
-(hw.dsp.wide_product's other form); the Requantizer also with its lanes shared (7 columns on 3 lanes,
-a beat every 3 cycles, as the 12x12 top builds it). tests/test_epilogue_units.py runs every unit at
-both lane counts in Amaranth's simulator."""
+(hw.dsp.wide_product's other form) and its lanes shared, as the 12x12 top builds them (hw/share.py:
+the residual adder's 3 columns on 2 lanes, a Requantizer's 7 on 3). tests/test_epilogue_units.py
+runs every unit at both lane counts, shared and not, in Amaranth's simulator."""
 
 import json
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.sim
 
 CASES = [  # (unit, component, config, config variable, testbench)
     ("gelu", Gelu, GeluConfig(8), "GELU_CONFIG", "sim.tb.gelu"),
-    ("residual", ResidualAdder, ResidualConfig(3, 192, lut_multipliers=True), "RESIDUAL_CONFIG", "sim.tb.residual"),
+    ("residual", ResidualAdder, ResidualConfig(3, 192, lut_multipliers=True, share=2), "RESIDUAL_CONFIG", "sim.tb.residual"),
     ("requant", Requantizer, RequantConfig(8), "REQUANT_CONFIG", "sim.tb.requant"),
-    ("requant", Requantizer, RequantConfig(7, 192, share=3), "REQUANT_CONFIG", "sim.tb.requant"),
+    ("requant", Requantizer, RequantConfig(7, 192, lut_multipliers=True, share=3), "REQUANT_CONFIG", "sim.tb.requant"),
 ]
 
 

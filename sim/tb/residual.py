@@ -156,9 +156,10 @@ async def digits_model_first_residual(dut):
 
 @cocotb.test()
 async def published_latency_and_full_throughput(dut):
-    """Unstalled: multipliers written one channel per cycle, one beat per cycle, each `LATENCY` cycles later."""
+    """Unstalled: multipliers written one channel per cycle, one beat every `share` cycles, each
+    `LATENCY` cycles later."""
     seed, gen = seeded()
     only = ptf_layer(gen, 6, 3 * CFG.lanes + 1, True)
     clock = await start(dut)
     run = await run_layers(dut, clock, [only], OUT_CODEC, 0.0, seed)
-    check_unstalled_timing(run, CFG.LATENCY)
+    check_unstalled_timing(run, CFG.LATENCY, CFG.share)
